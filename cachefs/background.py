@@ -1,0 +1,73 @@
+"""The jobs a mounted client runs beside serving requests: heartbeat, cleaning up after dead
+sessions, deleting the objects of removed data, and compaction."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from cachefs.meta import BaseMeta
+
+from .chunkstore import ChunkStore
+from .compact import compact_chunk
+from .vfs import VFS
+
+log = logging.getLogger("cachefs.background")
+
+
+class Background:
+    def __init__(self, meta: BaseMeta, store: ChunkStore, vfs: VFS | None, *, heartbeat: float = 12.0,
+                 session_timeout: float = 60.0, trash_delay: float = 30.0) -> None:
+        self.meta = meta
+        self.store = store
+        self.vfs = vfs
+        self.heartbeat = heartbeat
+        self.session_timeout = session_timeout
+        self.trash_delay = trash_delay
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="background", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        next_beat = 0.0
+        while not self._stop.is_set():
+            now = time.time()
+            try:
+                if now >= next_beat:
+                    self.meta.heartbeat()
+                    self.meta.clean_stale_sessions(self.session_timeout)
+                    next_beat = now + self.heartbeat
+                self.run_once()
+            except Exception as e:  # keep serving; the next round retries
+                log.warning("background job failed: %s", e)
+            self._stop.wait(min(1.0, self.heartbeat))
+
+    def run_once(self, trash_delay: float | None = None) -> None:
+        """One round of every deletion and compaction job (also used by tests and gc)."""
+        delay = self.trash_delay if trash_delay is None else trash_delay
+        if self.vfs is not None:
+            for ino, indx in self.vfs.take_compactions():
+                if self._stop.is_set():
+                    break
+                try:
+                    compact_chunk(self.meta, self.store, ino, indx)
+                except Exception as e:
+                    log.warning("compaction of inode %d chunk %d failed: %s", ino, indx, e)
+        for ino, length in self.meta.pending_delfiles():
+            self.meta.delete_file_data(ino, length)
+        while not self._stop.is_set():
+            batch = self.meta.pending_trash(500, min_age=delay)
+            if not batch:
+                break
+            for sid, size in batch:
+                self.store.delete_slice(sid, size)
+            self.meta.trash_done(batch)

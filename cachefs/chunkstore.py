@@ -1,0 +1,228 @@
+"""Slices to blocks and back: parallel bounded uploads, shared downloads, a memory buffer.
+
+Thread-safe and synchronous; the vfs calls it from FUSE worker threads, the CLI directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .block import block_key, block_lengths, decode_block, encode_block
+from .errors import ChecksumError, ObjectError, ObjectNotFound
+from .objects import ObjectStore
+
+
+class BlockBuffer:
+    """An LRU of plain blocks bounded in bytes: sequential small reads hit one fetched block."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= len(old)
+            self._items[key] = data
+            self.used += len(data)
+            while self.used > self.capacity:
+                _, victim = self._items.popitem(last=False)
+                self.used -= len(victim)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= len(old)
+
+
+class ChunkStore:
+    def __init__(self, store: ObjectStore, volume: str, block_size: int, compression: str = "none",
+                 max_uploads: int = 16, max_downloads: int = 16, buffer_bytes: int = 128 << 20) -> None:
+        self.store = store
+        self.volume = volume
+        self.block_size = block_size
+        self.compression = compression
+        self._uploads = ThreadPoolExecutor(max_uploads, thread_name_prefix="upload")
+        # blocks queued or being uploaded, each holding up to one block of memory
+        self._upload_slots = threading.BoundedSemaphore(max_uploads * 2)
+        self._downloads = ThreadPoolExecutor(max_downloads, thread_name_prefix="download")
+        self.buffer = BlockBuffer(buffer_bytes)
+        self._inflight: dict[str, Future] = {}
+        self._inflight_lock = threading.Lock()
+        self.checksum_errors = 0
+
+    def key(self, slice_id: int, index: int, length: int) -> str:
+        return block_key(self.volume, slice_id, index, length)
+
+    # ---- writing ---------------------------------------------------------------------------
+    def put_block(self, slice_id: int, index: int, data: bytes) -> Future:
+        """Upload one block in the background; blocks while too many uploads are queued."""
+        self._upload_slots.acquire()
+        key = self.key(slice_id, index, len(data))
+
+        def run() -> None:
+            try:
+                self.store.put(key, encode_block(data, self.compression))
+                self.buffer.put(key, data)
+            finally:
+                self._upload_slots.release()
+
+        try:
+            return self._uploads.submit(run)
+        except BaseException:
+            self._upload_slots.release()
+            raise
+
+    def writer(self, slice_id: int) -> SliceWriter:
+        return SliceWriter(self, slice_id)
+
+    # ---- reading ---------------------------------------------------------------------------
+    def get_block(self, slice_id: int, slice_size: int, index: int) -> bytes:
+        """One block's plain bytes; concurrent callers of the same block share one fetch."""
+        length = min(self.block_size, slice_size - index * self.block_size)
+        key = self.key(slice_id, index, length)
+        data = self.buffer.get(key)
+        if data is not None:
+            return data
+        with self._inflight_lock:
+            fut = self._inflight.get(key)
+            owner = fut is None
+            if owner:
+                fut = Future()
+                self._inflight[key] = fut
+        if not owner:
+            return fut.result()
+        try:
+            raw = self.store.get(key)
+            try:
+                data = decode_block(raw, length, key)
+            except ChecksumError:
+                self.checksum_errors += 1
+                raise
+            self.buffer.put(key, data)
+            fut.set_result(data)
+            return data
+        except BaseException as e:
+            fut.set_exception(e)
+            raise
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+
+    def read(self, slice_id: int, slice_size: int, off: int, n: int) -> bytes:
+        """Bytes [off, off+n) of a slice, fetching its blocks in parallel."""
+        bs = self.block_size
+        first, last = off // bs, (off + n - 1) // bs
+        if first == last:
+            blocks = [self.get_block(slice_id, slice_size, first)]
+        else:
+            futs = [self._downloads.submit(self.get_block, slice_id, slice_size, i)
+                    for i in range(first + 1, last + 1)]
+            blocks = [self.get_block(slice_id, slice_size, first)] + [f.result() for f in futs]
+        start = off - first * bs
+        if len(blocks) == 1:
+            return blocks[0][start : start + n]
+        return b"".join(blocks)[start : start + n]
+
+    def prefetch(self, slice_id: int, slice_size: int, index: int) -> None:
+        """Start fetching a block that a sequential reader will want soon."""
+        if index * self.block_size >= slice_size:
+            return
+        length = min(self.block_size, slice_size - index * self.block_size)
+        key = self.key(slice_id, index, length)
+        if self.buffer.get(key) is not None:
+            return
+        with self._inflight_lock:
+            if key in self._inflight:
+                return
+
+        def run() -> None:
+            try:
+                self.get_block(slice_id, slice_size, index)
+            except Exception:
+                pass  # the real read reports it
+
+        self._downloads.submit(run)
+
+    # ---- deleting --------------------------------------------------------------------------
+    def delete_slice(self, slice_id: int, size: int) -> None:
+        for i, length in enumerate(block_lengths(size, self.block_size)):
+            key = self.key(slice_id, i, length)
+            self.buffer.drop(key)
+            self.store.delete(key)
+
+    def close(self) -> None:
+        self._uploads.shutdown(wait=True)
+        self._downloads.shutdown(wait=True, cancel_futures=True)
+
+
+class SliceWriter:
+    """Collects one contiguous write and uploads full blocks while it is still growing."""
+
+    def __init__(self, cs: ChunkStore, slice_id: int) -> None:
+        self.cs = cs
+        self.id = slice_id
+        self.length = 0
+        self._buf: list[bytes] = []
+        self._buffered = 0
+        self._next_index = 0
+        self._futures: list[Future] = []
+
+    def write(self, data: bytes) -> None:
+        self._buf.append(bytes(data))
+        self._buffered += len(data)
+        self.length += len(data)
+        bs = self.cs.block_size
+        if self._buffered >= bs:
+            joined = b"".join(self._buf)
+            pos = 0
+            while len(joined) - pos >= bs:
+                self._upload(joined[pos : pos + bs])
+                pos += bs
+            rest = joined[pos:]
+            self._buf = [rest] if rest else []
+            self._buffered = len(rest)
+
+    def _upload(self, block: bytes) -> None:
+        self._futures.append(self.cs.put_block(self.id, self._next_index, block))
+        self._next_index += 1
+        # surface early failures instead of queueing more work behind them
+        done = [f for f in self._futures if f.done()]
+        for f in done:
+            f.result()
+
+    def finish(self) -> int:
+        """Upload the tail and wait for every block; raises ObjectError if any upload failed."""
+        if self._buffered:
+            self._upload(b"".join(self._buf))
+            self._buf, self._buffered = [], 0
+        err: BaseException | None = None
+        for f in self._futures:
+            try:
+                f.result()
+            except BaseException as e:  # keep waiting for the others
+                err = err or e
+        self._futures = []
+        if err is not None:
+            if isinstance(err, ObjectError):
+                raise err
+            raise ObjectError(f"upload of slice {self.id} failed: {err}")
+        return self.length
+
+
+__all__ = ["ChunkStore", "SliceWriter", "BlockBuffer", "ObjectNotFound"]

@@ -1,0 +1,41 @@
+"""Compaction: rewrite a fragmented chunk as one slice so reads stay cheap.
+
+The new slice is written first; the metadata swap then succeeds only if the chunk still starts
+with the records it was built from, so readers see either the old records or the new one.
+"""
+
+from __future__ import annotations
+
+from cachefs.meta import BaseMeta
+from cachefs.meta.types import Slice
+
+from .chunkstore import ChunkStore
+from .slices import covering, resolve
+
+
+def compact_chunk(meta: BaseMeta, store: ChunkStore, ino: int, indx: int, min_slices: int = 2) -> bool:
+    """Merge the chunk's slices; True when the chunk was rewritten."""
+    slices = meta.read_chunk(ino, indx)
+    if len(slices) < min_slices:
+        return False
+    segs = resolve(slices)
+    if not segs:
+        return meta.compact_chunk(ino, indx, slices, [])
+    start, end = segs[0].pos, segs[-1].pos + segs[-1].len
+    writer = store.writer(meta.new_slice_id())
+    bs = store.block_size
+    try:
+        for pos in range(start, end, bs):
+            n = min(bs, end - pos)
+            buf = bytearray(n)
+            for g in covering(segs, pos, n):
+                buf[g.pos - pos : g.pos - pos + g.len] = store.read(g.id, g.size, g.off, g.len)
+            writer.write(bytes(buf))
+        size = writer.finish()
+    except Exception:
+        store.delete_slice(writer.id, writer.length)
+        raise
+    if meta.compact_chunk(ino, indx, slices, [Slice(start, writer.id, size, 0, size)]):
+        return True
+    store.delete_slice(writer.id, size)
+    return False

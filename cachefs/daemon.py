@@ -1,0 +1,274 @@
+"""The life of a mount process: check the mountpoint, go to the background when asked, open the
+volume, register a session, serve FUSE, and flush and clean up when unmounted."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import __version__
+from .errors import CachefsError, ConfigError
+
+log = logging.getLogger("cachefs")
+
+RUN_DIR = "/run/cachefs"
+
+
+@dataclass
+class MountConfig:
+    meta_url: str
+    mountpoint: str
+    read_only: bool = False
+    fuse_options: list[str] = field(default_factory=list)
+    attr_cache: float = 1.0
+    entry_cache: float = 1.0
+    dir_entry_cache: float = 1.0
+    heartbeat: float = 12.0
+    session_timeout: float = 60.0
+    trash_delay: float = 30.0
+    max_uploads: int = 16
+    max_downloads: int = 16
+    buffer_size: int = 300
+    threads: int = 32
+    log_file: str = ""
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mountpoint, or a ConfigError saying what is wrong with it."""
+    from .fuse import is_mounted
+
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise ConfigError(f"mountpoint {path} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise ConfigError(f"mountpoint {path} is a dead mount; run `cachefs umount {path}` first") from None
+        raise ConfigError(f"mountpoint {path}: {e.strerror}") from None
+    import stat as _stat
+
+    if not _stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"mountpoint {path} is not a directory")
+    if is_mounted(real):
+        raise ConfigError(f"{path} is already mounted")
+    return real
+
+
+def state_file(mountpoint: str) -> str:
+    """Where a mount records its pid and URL; takes a resolved path, because resolving a path
+    inside our own mount from the mount process would wait on ourselves."""
+    digest = hashlib.sha1(mountpoint.encode()).hexdigest()[:16]
+    return os.path.join(RUN_DIR, f"mount-{digest}.json")
+
+
+def read_state(mountpoint: str) -> dict | None:
+    try:
+        with open(state_file(mountpoint)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_state(cfg: MountConfig) -> None:
+    os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+    path = state_file(cfg.mountpoint)
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"pid": os.getpid(), "mountpoint": cfg.mountpoint, "meta_url": cfg.meta_url}, f)
+    os.rename(path + ".tmp", path)
+
+
+def _remove_state(cfg: MountConfig) -> None:
+    try:
+        st = read_state(cfg.mountpoint)
+        if st and st.get("pid") == os.getpid():
+            os.unlink(state_file(cfg.mountpoint))
+    except OSError:
+        pass
+
+
+def _setup_logging(log_file: str) -> None:
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s cachefs[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+def mount(cfg: MountConfig, background: bool) -> int:
+    """Mount and serve; with background, return once the mount is ready (0) or failed (1)."""
+    cfg.mountpoint = check_mountpoint(cfg.mountpoint)
+    if not background:
+        _setup_logging(cfg.log_file)
+        return _serve(cfg, notify=None)
+    log_file = cfg.log_file or "/var/log/cachefs.log"
+    try:
+        open(log_file, "a").close()
+    except OSError as e:
+        raise ConfigError(f"cannot write log file {log_file}: {e.strerror}") from None
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            msg = f.read().decode(errors="replace").strip()
+        if msg == "ok":
+            print(f"cachefs: mounted at {cfg.mountpoint} (pid {pid}; unmount with `cachefs umount "
+                  f"{cfg.mountpoint}`, log in {log_file})")
+            return 0
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        print(f"cachefs: {msg or 'mount process exited before it was ready (see ' + log_file + ')'}",
+              file=sys.stderr)
+        return 1
+    # the mount process
+    os.close(r)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    logfd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    os.dup2(logfd, 1)
+    os.dup2(logfd, 2)
+    cfg.log_file = log_file
+    _setup_logging(log_file)
+
+    def notify(msg: str) -> None:
+        nonlocal w
+        if w >= 0:
+            os.write(w, msg.encode())
+            os.close(w)
+            w = -1
+
+    code = 1
+    try:
+        code = _serve(cfg, notify)
+    except BaseException as e:
+        log.exception("mount failed")
+        notify(str(e))
+    finally:
+        notify("mount process exited")
+        os._exit(code)
+
+
+def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
+    import pyfuse3
+    import trio
+
+    from .background import Background
+    from .fuse import Operations, fuse_options, serve
+    from .volume import Volume, VolumeOptions
+
+    def fail(msg: str) -> int:
+        log.error("%s", msg)
+        if notify:
+            notify(msg)
+        else:
+            print(f"cachefs: {msg}", file=sys.stderr)
+        return 1
+
+    try:
+        vol = Volume(cfg.meta_url, VolumeOptions(cfg.read_only, cfg.max_uploads, cfg.max_downloads,
+                                                 cfg.buffer_size << 20))
+    except CachefsError as e:
+        return fail(str(e))
+    bg = None
+    try:
+        vol.meta.new_session({"mountpoint": cfg.mountpoint, "hostname": socket.gethostname(),
+                              "version": __version__, "read_only": cfg.read_only})
+        bg = Background(vol.meta, vol.chunks, vol.vfs, heartbeat=cfg.heartbeat,
+                        session_timeout=cfg.session_timeout, trash_delay=cfg.trash_delay)
+        ops = Operations(vol.vfs, vol.settings.block_size, cfg.threads, cfg.attr_cache, cfg.entry_cache,
+                         cfg.dir_entry_cache)
+        opts = fuse_options(f"cachefs:{vol.settings.name}", cfg.read_only, cfg.fuse_options)
+        try:
+            pyfuse3.init(ops, cfg.mountpoint, opts)
+        except RuntimeError as e:
+            return fail(f"cannot mount at {cfg.mountpoint}: {e}")
+        bg.start()
+        _write_state(cfg)
+        log.info("mounted volume %s at %s (session %d)", vol.settings.name, cfg.mountpoint, vol.meta.sid)
+        if notify:
+            notify("ok")
+        try:
+            trio.run(serve, ops)
+        finally:
+            pyfuse3.close(unmount=True)
+        log.info("unmounted %s", cfg.mountpoint)
+        return 0
+    except CachefsError as e:
+        return fail(str(e))
+    finally:
+        _remove_state(cfg)
+        try:
+            vol.vfs.flush_all()
+        except Exception as e:
+            log.error("flush at unmount failed: %s", e)
+        if bg is not None:
+            bg.stop()
+        try:
+            vol.meta.close_session()
+        except Exception as e:
+            log.warning("closing session failed: %s", e)
+        vol.close()
+
+
+def umount(mountpoint: str, force: bool = False, wait: float = 60.0) -> None:
+    """Unmount and wait for the mount process to finish (it flushes on the way out)."""
+    import subprocess
+
+    from .fuse import is_mounted
+
+    real = os.path.realpath(mountpoint)
+    if not is_mounted(real):
+        raise ConfigError(f"{mountpoint} is not mounted")
+    state = read_state(real)
+    cmds = [["fusermount3", "-u", real]]
+    if force:
+        cmds = [["fusermount3", "-u", "-z", real], ["umount", "-l", real]]
+    else:
+        cmds.append(["umount", real])
+    last = ""
+    for cmd in cmds:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode == 0 or not is_mounted(real):
+            break
+        last = (res.stderr or res.stdout).strip().splitlines()[-1:] or [""]
+        last = last[0]
+    else:
+        if "busy" in last.lower():
+            raise CachefsError(f"{mountpoint} is busy (files are open); use --force to detach it")
+        raise CachefsError(f"cannot unmount {mountpoint}: {last}")
+    pid = state.get("pid") if state else None
+    if pid:
+        deadline = time.time() + wait
+        while time.time() < deadline and _alive(pid):
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,246 @@
+"""The FUSE shell: pyfuse3 handlers that send every blocking call to worker threads through
+one bounded limiter and map our exceptions to errno. No file-system logic lives here."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+import trio
+
+from cachefs.meta.types import Attr
+
+from .errors import errno_of
+from .vfs import VFS, Ctx
+
+log = logging.getLogger("cachefs.fuse")
+
+
+class Operations(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, vfs: VFS, block_size: int, threads: int = 32, attr_timeout: float = 1.0,
+                 entry_timeout: float = 1.0, dir_entry_timeout: float = 1.0) -> None:
+        super().__init__()
+        self.vfs = vfs
+        self.block_size = block_size
+        self.limiter = trio.CapacityLimiter(threads)
+        self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
+        self.dir_entry_timeout = dir_entry_timeout
+        self.op_count: dict[str, int] = {}
+        self.op_time: dict[str, float] = {}
+
+    async def _run(self, op: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                                 limiter=self.limiter)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as e:
+            err = errno_of(e)
+            if err == errno.EIO:
+                log.error("%s failed: %s", op, e, exc_info=not hasattr(e, "errno"))
+            raise pyfuse3.FUSEError(err) from None
+        finally:
+            self.op_count[op] = self.op_count.get(op, 0) + 1
+            self.op_time[op] = self.op_time.get(op, 0.0) + time.perf_counter() - start
+
+    def _entry(self, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        e.generation = 0
+        e.entry_timeout = self.dir_entry_timeout if attr.type == 2 else self.entry_timeout
+        e.attr_timeout = self.attr_timeout
+        e.st_mode = attr.st_mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.length
+        e.st_blksize = 4096
+        e.st_blocks = (attr.length + 511) // 512
+        e.st_atime_ns = attr.atime
+        e.st_mtime_ns = attr.mtime
+        e.st_ctime_ns = attr.ctime
+        return e
+
+    @staticmethod
+    def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
+        return Ctx(ctx.uid, ctx.gid, ctx.pid)
+
+    async def lookup(self, parent_inode, name, ctx):
+        ino, attr = await self._run("lookup", self.vfs.lookup, parent_inode, name)
+        return self._entry(ino, attr)
+
+    async def getattr(self, inode, ctx):
+        return self._entry(inode, await self._run("getattr", self.vfs.getattr, inode))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        kw: dict[str, Any] = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_atime:
+            kw["atime"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime"] = attr.st_mtime_ns
+        if fields.update_size:
+            kw["length"] = attr.st_size
+        new = await self._run("setattr", self.vfs.setattr, inode, self._ctx(ctx), **kw)
+        return self._entry(inode, new)
+
+    async def readlink(self, inode, ctx):
+        return await self._run("readlink", self.vfs.readlink, inode)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        ino, attr = await self._run("mknod", self.vfs.mknod, parent_inode, name, mode, self._ctx(ctx), rdev)
+        return self._entry(ino, attr)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        ino, attr = await self._run("mkdir", self.vfs.mkdir, parent_inode, name, mode, self._ctx(ctx))
+        return self._entry(ino, attr)
+
+    async def unlink(self, parent_inode, name, ctx):
+        await self._run("unlink", self.vfs.unlink, parent_inode, name)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        await self._run("rmdir", self.vfs.rmdir, parent_inode, name)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        ino, attr = await self._run("symlink", self.vfs.symlink, parent_inode, name, target, self._ctx(ctx))
+        return self._entry(ino, attr)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self._run("rename", self.vfs.rename, parent_inode_old, name_old, parent_inode_new, name_new,
+                        flags)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        attr = await self._run("link", self.vfs.link, inode, new_parent_inode, new_name)
+        return self._entry(inode, attr)
+
+    async def open(self, inode, flags, ctx):
+        fh = await self._run("open", self.vfs.open, inode, flags, self._ctx(ctx))
+        return pyfuse3.FileInfo(fh=fh)
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fh, ino, attr = await self._run("create", self.vfs.create, parent_inode, name, mode, flags,
+                                        self._ctx(ctx))
+        return pyfuse3.FileInfo(fh=fh), self._entry(ino, attr)
+
+    async def read(self, fh, off, size):
+        return await self._run("read", self.vfs.read, fh, off, size)
+
+    async def write(self, fh, off, buf):
+        return await self._run("write", self.vfs.write, fh, off, buf)
+
+    async def flush(self, fh):
+        await self._run("flush", self.vfs.flush, fh)
+
+    async def release(self, fh):
+        await self._run("release", self.vfs.release, fh)
+
+    async def fsync(self, fh, datasync):
+        await self._run("fsync", self.vfs.fsync, fh, datasync)
+
+    async def opendir(self, inode, ctx):
+        return await self._run("opendir", self.vfs.opendir, inode)
+
+    async def readdir(self, fh, start_id, token):
+        entries = await self._run("readdir", self.vfs.readdir, fh, start_id)
+        for i, (name, ino, attr) in enumerate(entries):
+            if not pyfuse3.readdir_reply(token, name, self._entry(ino, attr), start_id + i + 1):
+                break
+
+    async def releasedir(self, fh):
+        self.vfs.releasedir(fh)
+
+    async def fsyncdir(self, fh, datasync):
+        return None
+
+    async def statfs(self, ctx):
+        total, used, itotal, iused = await self._run("statfs", self.vfs.statfs)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = 4096
+        s.f_frsize = 4096
+        s.f_blocks = total // 4096
+        s.f_bfree = s.f_bavail = max(0, total - used) // 4096
+        s.f_files = itotal
+        s.f_ffree = s.f_favail = max(0, itotal - iused)
+        s.f_namemax = 255
+        return s
+
+    async def setxattr(self, inode, name, value, ctx):
+        await self._run("setxattr", self.vfs.setxattr, inode, name, value)
+
+    async def getxattr(self, inode, name, ctx):
+        return await self._run("getxattr", self.vfs.getxattr, inode, name)
+
+    async def listxattr(self, inode, ctx):
+        return await self._run("listxattr", self.vfs.listxattr, inode)
+
+    async def removexattr(self, inode, name, ctx):
+        await self._run("removexattr", self.vfs.removexattr, inode, name)
+
+    async def access(self, inode, mode, ctx):
+        # default_permissions makes the kernel check modes; existence is all that is left
+        await self._run("access", self.vfs.getattr, inode)
+        return True
+
+    async def forget(self, inode_list):
+        return None
+
+
+def fuse_options(fsname: str, read_only: bool, extra: list[str]) -> set[str]:
+    opts = {f"fsname={fsname}", "subtype=cachefs", "allow_other", "default_permissions"}
+    if read_only:
+        opts.add("ro")
+    for item in extra:
+        for o in item.split(","):
+            if o:
+                opts.add(o)
+    return opts
+
+
+async def serve(ops: Operations, on_stop: Callable[[], None] | None = None) -> None:
+    """Run the FUSE loop until the file system is unmounted or we are told to stop."""
+    import signal
+
+    async with trio.open_nursery() as nursery:
+
+        async def signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as it:
+                async for _ in it:
+                    log.info("signal received: unmounting")
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(signals)
+        await pyfuse3.main(min_tasks=4, max_tasks=64)
+        nursery.cancel_scope.cancel()
+    if on_stop is not None:
+        on_stop()
+
+
+def is_mounted(path: str) -> bool:
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                mp = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+                if mp == real:
+                    return True
+    except OSError:
+        pass
+    return False

@@ -1,0 +1,93 @@
+"""A local directory as object store: the embedded default."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Iterator
+
+from cachefs.errors import ConfigError, ObjectError, ObjectNotFound
+
+from .base import ObjectStore, Transient
+
+
+class FileStore(ObjectStore):
+    kind = "file"
+
+    def __init__(self, root: str) -> None:
+        super().__init__()
+        if not root:
+            raise ConfigError("file storage needs --bucket DIRECTORY")
+        self.root = os.path.abspath(root)
+
+    def __str__(self) -> str:
+        return f"file://{self.root}"
+
+    def _path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ObjectError(f"bad object key {key!r}")
+        return os.path.join(self.root, key)
+
+    def _put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = f"{path}.tmp.{uuid.uuid4().hex[:8]}"
+        try:
+            try:
+                f = open(tmp, "wb")
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                f = open(tmp, "wb")
+            with f:
+                f.write(data)
+            os.rename(tmp, path)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise ObjectError(f"{self}: cannot write {key}: {e.strerror}") from None
+            raise Transient(str(e)) from None
+
+    def _get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self}: no object {key}") from None
+        except OSError as e:
+            raise Transient(str(e)) from None
+
+    def _delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise Transient(str(e)) from None
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        start = base if os.path.isdir(base) else os.path.dirname(base)
+        for dirpath, _dirs, files in os.walk(start):
+            for fn in files:
+                full = os.path.join(dirpath, fn)
+                key = os.path.relpath(full, self.root)
+                if key.startswith(prefix) and ".tmp." not in fn:
+                    try:
+                        yield key, os.path.getsize(full)
+                    except FileNotFoundError:
+                        continue
+
+    def check(self) -> None:
+        if not os.path.isdir(self.root):
+            raise ConfigError(f"storage directory {self.root} does not exist")
+        if not os.access(self.root, os.W_OK):
+            raise ConfigError(f"storage directory {self.root} is not writable")
+
+    def create(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create storage directory {self.root}: {e.strerror}") from None

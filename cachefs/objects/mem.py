@@ -1,0 +1,39 @@
+"""An in-memory object store, for tests only."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from cachefs.errors import ObjectNotFound
+
+from .base import ObjectStore
+
+
+class MemStore(ObjectStore):
+    kind = "mem"
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__()
+        self.objects: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def _put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self.objects[key] = bytes(data)
+
+    def _get(self, key: str) -> bytes:
+        with self._lock:
+            try:
+                return self.objects[key]
+            except KeyError:
+                raise ObjectNotFound(f"mem: no object {key}") from None
+
+    def _delete(self, key: str) -> None:
+        with self._lock:
+            self.objects.pop(key, None)
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        with self._lock:
+            items = [(k, len(v)) for k, v in self.objects.items() if k.startswith(prefix)]
+        yield from sorted(items)

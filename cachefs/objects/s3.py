@@ -1,0 +1,150 @@
+"""S3 (and S3-compatible servers) through boto3, path-style, with our own retry policy."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.exceptions as bce
+from botocore.config import Config
+
+from cachefs.errors import ConfigError, ObjectError, ObjectNotFound
+
+from .base import ObjectStore, Transient
+
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                    "ServiceUnavailable", "RequestTimeTooSkewed", "503", "500", "502", "504"}
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+               "ExpiredToken"}
+_NETWORK = (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ReadTimeoutError,
+            bce.ConnectionClosedError, bce.ResponseStreamingError)
+
+
+def parse_bucket(bucket: str, endpoint: str = "") -> tuple[str, str]:
+    """(endpoint URL, bucket name) from `http(s)://host:port/bucket` or `s3://bucket` + endpoint."""
+    parts = urlsplit(bucket)
+    if parts.scheme in ("http", "https"):
+        name = parts.path.strip("/")
+        if not name or "/" in name:
+            raise ConfigError(f"bad bucket URL {bucket!r}: expected http(s)://host:port/BUCKET")
+        return f"{parts.scheme}://{parts.netloc}", name
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ConfigError(f"bad bucket URL {bucket!r}: expected s3://BUCKET")
+        return endpoint, parts.netloc
+    if not parts.scheme and bucket and "/" not in bucket:
+        return endpoint, bucket
+    raise ConfigError(f"bad bucket {bucket!r}: expected http(s)://host:port/BUCKET or s3://BUCKET")
+
+
+class S3Store(ObjectStore):
+    kind = "s3"
+
+    def __init__(self, bucket: str, endpoint: str = "", access_key: str = "", secret_key: str = "",
+                 region: str = "", max_connections: int = 64) -> None:
+        super().__init__()
+        self.endpoint, self.bucket = parse_bucket(bucket, endpoint)
+        access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID", "")
+        secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        config = Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1, "mode": "standard"},
+            connect_timeout=3,
+            read_timeout=30,
+            max_pool_connections=max_connections,
+            signature_version="s3v4",
+        )
+        session = boto3.session.Session()
+        self.client = session.client(
+            "s3",
+            endpoint_url=self.endpoint or None,
+            region_name=region or os.environ.get("AWS_REGION") or "us-east-1",
+            aws_access_key_id=access_key or None,
+            aws_secret_access_key=secret_key or None,
+            config=config,
+        )
+
+    def __str__(self) -> str:
+        where = self.endpoint or "s3"
+        return f"{where}/{self.bucket}"
+
+    def _fail(self, e: Exception, key: str = "") -> Exception:
+        """Our exception for a boto3 failure: transient ones are retried, the rest are final."""
+        if isinstance(e, _NETWORK):
+            return Transient(f"{self}: {e}")
+        if isinstance(e, bce.NoCredentialsError):
+            return ConfigError("no S3 credentials: pass --access-key/--secret-key or set AWS_ACCESS_KEY_ID")
+        if isinstance(e, bce.ClientError):
+            err = e.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NoSuchKey", "404", "NotFound") and key:
+                return ObjectNotFound(f"{self}: no object {key}")
+            if code == "NoSuchBucket" or (code in ("404", "NotFound") and not key):
+                return ObjectError(f"bucket {self.bucket!r} does not exist at {self.endpoint or 'S3'}")
+            if code in _AUTH_CODES:
+                return ObjectError(f"S3 refused the credentials for bucket {self.bucket!r} ({code})")
+            if code in _TRANSIENT_CODES or status >= 500:
+                return Transient(f"{self}: {code or status}")
+            return ObjectError(f"{self}: {code or status}: {err.get('Message', '')}".rstrip(": "))
+        if isinstance(e, bce.BotoCoreError):
+            return Transient(f"{self}: {e}")
+        return e
+
+    def _put(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except Exception as e:
+            raise self._fail(e, key) from None
+
+    def _get(self, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            return resp["Body"].read()
+        except Exception as e:
+            raise self._fail(e, key) from None
+
+    def _delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as e:
+            err = self._fail(e, key)
+            if not isinstance(err, ObjectNotFound):
+                raise err from None
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"], obj["Size"]
+        except Exception as e:
+            raise self._fail(e) from None
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as e:
+            err = self._fail(e)
+            if isinstance(err, Transient):
+                raise ObjectError(f"cannot reach S3 at {self.endpoint or 'AWS'}: {e}") from None
+            if isinstance(err, ObjectError) and "403" in str(e):
+                raise ObjectError(f"S3 refused the credentials for bucket {self.bucket!r}") from None
+            raise err from None
+
+    def create(self) -> None:
+        try:
+            self.check()
+            return
+        except ObjectError as e:
+            if "does not exist" not in str(e):
+                raise
+        try:
+            self.client.create_bucket(Bucket=self.bucket)
+        except Exception as e:
+            err = self._fail(e)
+            if isinstance(err, Transient):
+                raise ObjectError(f"cannot reach S3 at {self.endpoint or 'AWS'}: {e}") from None
+            raise err from None

@@ -1,0 +1,46 @@
+"""Opening a formatted volume: the engine, the object store, the chunk store and the vfs that
+the FUSE mount, the CLI and the Python API all share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cachefs.meta import BaseMeta, open_meta
+from cachefs.meta.types import Settings
+
+from .chunkstore import ChunkStore
+from .objects import ObjectStore, open_store
+from .vfs import VFS
+
+
+@dataclass
+class VolumeOptions:
+    read_only: bool = False
+    max_uploads: int = 16
+    max_downloads: int = 16
+    buffer_size: int = 300 << 20
+
+
+class Volume:
+    def __init__(self, meta_url: str, options: VolumeOptions | None = None) -> None:
+        self.options = options or VolumeOptions()
+        self.meta: BaseMeta = open_meta(meta_url)
+        try:
+            self.settings: Settings = self.meta.load()
+            self.objects: ObjectStore = open_store(self.settings)
+            self.objects.check()
+        except BaseException:
+            self.meta.close_engine()
+            raise
+        o = self.options
+        self.chunks = ChunkStore(self.objects, self.settings.name, self.settings.block_size,
+                                 self.settings.compression, o.max_uploads, o.max_downloads,
+                                 buffer_bytes=max(o.buffer_size // 2, self.settings.block_size * 4))
+        self.vfs = VFS(self.meta, self.chunks, read_only=o.read_only)
+
+    def close(self) -> None:
+        try:
+            self.vfs.flush_all()
+        finally:
+            self.chunks.close()
+            self.meta.close_engine()

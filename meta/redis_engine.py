@@ -1,0 +1,333 @@
+"""The production engine: Redis (standalone or Cluster), one volume per database.
+
+Each multi-key operation runs as one optimistic WATCH/MULTI/EXEC transaction: reads watch
+their keys, writes are queued and applied atomically, and a concurrent change retries the
+whole operation. The key layout lives in redis_schema.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis
+
+from cachefs.errors import ConfigError, MetaError
+
+from .engine import BaseMeta
+from .redis_schema import ENTRY, VOLUME_POINTER, Keys
+from .types import Attr, SessionInfo, Settings, Slice
+
+T = TypeVar("T")
+_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+class RedisTx:
+    def __init__(self, conn: Any, keys: Keys, watch: bool) -> None:
+        self.c = conn
+        self.k = keys
+        self.watch = watch
+        self.watched: set[str] = set()
+        self.ops: list[Callable[[Any], Any]] = []
+        self.local: dict[Any, Any] = {}
+        self.appended: dict[str, bytes] = {}
+
+    def _w(self, key: str) -> None:
+        if self.watch and key not in self.watched:
+            self.c.watch(key)
+            self.watched.add(key)
+
+    def _get(self, key: str) -> bytes | None:
+        if key in self.local:
+            return self.local[key]
+        self._w(key)
+        return self.c.get(key)
+
+    def _hget(self, key: str, field: bytes) -> bytes | None:
+        if (key, field) in self.local:
+            return self.local[(key, field)]
+        self._w(key)
+        return self.c.hget(key, field)
+
+    def _op(self, fn: Callable[[Any], Any]) -> None:
+        if not self.watch:
+            raise RuntimeError("write in a read-only Redis transaction")
+        self.ops.append(fn)
+
+    def _set(self, key: str, value: bytes) -> None:
+        self.local[key] = value
+        self.appended.pop(key, None)
+        self._op(lambda p: p.set(key, value))
+
+    def _delete(self, *keys: str) -> None:
+        for key in keys:
+            self.local[key] = None
+            self.appended.pop(key, None)
+        self._op(lambda p: p.delete(*keys))
+
+    def get_attr(self, ino: int) -> Attr | None:
+        data = self._get(self.k.attr(ino))
+        return Attr.unpack(data) if data else None
+
+    def set_attr(self, ino: int, attr: Attr) -> None:
+        self._set(self.k.attr(ino), attr.pack())
+
+    def del_inode(self, ino: int) -> None:
+        self._delete(self.k.attr(ino), self.k.symlink(ino), self.k.xattr(ino))
+
+    def get_entry(self, parent: int, name: bytes) -> tuple[int, int] | None:
+        data = self._hget(self.k.dir(parent), name)
+        return ENTRY.unpack(data) if data else None
+
+    def set_entry(self, parent: int, name: bytes, ino: int, typ: int) -> None:
+        key, value = self.k.dir(parent), ENTRY.pack(ino, typ)
+        self.local[(key, name)] = value
+        self._op(lambda p: p.hset(key, name, value))
+
+    def del_entry(self, parent: int, name: bytes) -> None:
+        key = self.k.dir(parent)
+        self.local[(key, name)] = None
+        self._op(lambda p: p.hdel(key, name))
+
+    def has_entries(self, ino: int) -> bool:
+        key = self.k.dir(ino)
+        self._w(key)
+        return bool(self.c.hlen(key))
+
+    def get_slices(self, ino: int, indx: int) -> list[Slice]:
+        key = self.k.chunk(ino, indx)
+        data = (self._get(key) or b"") + self.appended.get(key, b"")
+        return Slice.unpack_many(data)
+
+    def append_slices(self, ino: int, indx: int, slices: list[Slice]) -> None:
+        key = self.k.chunk(ino, indx)
+        blob = b"".join(s.pack() for s in slices)
+        if key in self.local:
+            self.local[key] = (self.local[key] or b"") + blob
+        else:
+            self.appended[key] = self.appended.get(key, b"") + blob
+        self._op(lambda p: p.append(key, blob))
+
+    def set_slices(self, ino: int, indx: int, slices: list[Slice]) -> None:
+        key = self.k.chunk(ino, indx)
+        if slices:
+            self._set(key, b"".join(s.pack() for s in slices))
+        else:
+            self._delete(key)
+
+    def get_symlink(self, ino: int) -> bytes | None:
+        return self._get(self.k.symlink(ino))
+
+    def set_symlink(self, ino: int, target: bytes) -> None:
+        self._set(self.k.symlink(ino), target)
+
+    def get_xattr(self, ino: int, name: bytes) -> bytes | None:
+        return self._hget(self.k.xattr(ino), name)
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        key = self.k.xattr(ino)
+        self.local[(key, name)] = value
+        self._op(lambda p: p.hset(key, name, value))
+
+    def del_xattr(self, ino: int, name: bytes) -> None:
+        key = self.k.xattr(ino)
+        self.local[(key, name)] = None
+        self._op(lambda p: p.hdel(key, name))
+
+    def add_usage(self, space: int, inodes: int) -> None:
+        if space:
+            self._op(lambda p: p.incrby(self.k.counter("usedSpace"), space))
+        if inodes:
+            self._op(lambda p: p.incrby(self.k.counter("totalInodes"), inodes))
+
+    def add_delfile(self, ino: int, length: int) -> None:
+        self._op(lambda p: p.zadd(self.k.delfiles(), {f"{ino}:{length}": time.time()}))
+
+    def add_trash(self, slices: Iterable[tuple[int, int]]) -> None:
+        now = time.time()
+        members = {f"{i}:{s}": now for i, s in slices}
+        if members:
+            self._op(lambda p: p.zadd(self.k.trash(), members, nx=True))
+
+    def add_sustained(self, sid: int, ino: int) -> None:
+        self._op(lambda p: p.sadd(self.k.sustained(sid), ino))
+
+    def del_sustained(self, sid: int, ino: int) -> None:
+        self._op(lambda p: p.srem(self.k.sustained(sid), ino))
+
+
+def _pair(member: bytes) -> tuple[int, int]:
+    a, b = member.split(b":")
+    return int(a), int(b)
+
+
+class RedisMeta(BaseMeta):
+    name = "redis"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        parts = urlsplit(url)
+        self.where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        try:
+            self.r = redis.Redis.from_url(
+                url, socket_connect_timeout=3, socket_timeout=20, health_check_interval=30,
+            )
+        except ValueError as e:
+            raise ConfigError(f"bad Redis URL: {e}") from None
+        try:
+            self.r.ping()
+            self._check_eviction()
+            name = self.r.get(VOLUME_POINTER)
+        except redis.AuthenticationError:
+            raise ConfigError(f"Redis at {self.where} refused the password") from None
+        except _ERRORS as e:
+            raise MetaError(f"cannot reach Redis at {self.where}: {e}") from None
+        except redis.ResponseError as e:
+            raise MetaError(f"Redis at {self.where}: {e}") from None
+        self.k = Keys(name.decode() if name else "unformatted")
+
+    def _check_eviction(self) -> None:
+        try:
+            policy = self.r.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.ResponseError:
+            return  # CONFIG disabled (managed Redis): cannot check
+        if policy and policy != "noeviction":
+            raise ConfigError(
+                f"Redis at {self.where} has maxmemory-policy {policy}: it may evict metadata; "
+                "set it to noeviction"
+            )
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except _ERRORS as e:
+            raise MetaError(f"Redis at {self.where}: {e}") from None
+
+    def _txn(self, fn: Callable[[RedisTx], T]) -> T:
+        for attempt in range(200):
+            try:
+                with self.r.pipeline(transaction=True) as pipe:
+                    tx = RedisTx(pipe, self.k, watch=True)
+                    result = fn(tx)
+                    if not tx.ops:
+                        return result
+                    pipe.multi()
+                    for op in tx.ops:
+                        op(pipe)
+                    pipe.execute()
+                    return result
+            except redis.WatchError:
+                time.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))
+            except _ERRORS as e:
+                raise MetaError(f"Redis at {self.where}: {e}") from None
+        raise MetaError("too many conflicting concurrent updates; gave up")
+
+    def _read(self, fn: Callable[[RedisTx], T]) -> T:
+        return self._call(lambda: fn(RedisTx(self.r, self.k, watch=False)))
+
+    def _incr(self, counter: str, n: int) -> int:
+        return self._call(lambda: self.r.incrby(self.k.counter(counter), n))
+
+    def _get_counter(self, counter: str) -> int:
+        return int(self._call(lambda: self.r.get(self.k.counter(counter))) or 0)
+
+    def _load_settings(self) -> Settings | None:
+        def fn() -> Settings | None:
+            name = self.r.get(VOLUME_POINTER)
+            if not name:
+                return None
+            self.k = Keys(name.decode())
+            data = self.r.get(self.k.setting())
+            return Settings.from_json(data) if data else None
+
+        return self._call(fn)
+
+    def _store_settings(self, settings: Settings) -> None:
+        def fn() -> None:
+            self.k = Keys(settings.name)
+            with self.r.pipeline(transaction=True) as p:
+                p.set(VOLUME_POINTER, settings.name)
+                p.set(self.k.setting(), settings.to_json())
+                p.execute()
+
+        self._call(fn)
+
+    def _reset(self) -> None:
+        def fn() -> None:
+            batch = []
+            for key in self.r.scan_iter(match=self.k.pattern(), count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    self.r.delete(*batch)
+                    batch = []
+            if batch:
+                self.r.delete(*batch)
+
+        self._call(fn)
+
+    def _list_entries(self, ino: int) -> list[tuple[bytes, int, int]]:
+        data = self._call(lambda: self.r.hgetall(self.k.dir(ino)))
+        return [(name, *ENTRY.unpack(v)) for name, v in data.items()]
+
+    def _get_attrs(self, inos: list[int]) -> list[Attr | None]:
+        if not inos:
+            return []
+        vals = self._call(lambda: self.r.mget([self.k.attr(i) for i in inos]))
+        return [Attr.unpack(v) if v else None for v in vals]
+
+    def _list_xattrs(self, ino: int) -> list[bytes]:
+        return self._call(lambda: self.r.hkeys(self.k.xattr(ino)))
+
+    def _session_put(self, sid: int, heartbeat: float, info: dict) -> None:
+        def fn() -> None:
+            with self.r.pipeline(transaction=True) as p:
+                p.zadd(self.k.sessions(), {str(sid): heartbeat})
+                p.hset(self.k.session_infos(), str(sid), json.dumps(info))
+                p.execute()
+
+        self._call(fn)
+
+    def _session_list(self) -> list[SessionInfo]:
+        def fn() -> list[SessionInfo]:
+            rows = self.r.zrange(self.k.sessions(), 0, -1, withscores=True)
+            if not rows:
+                return []
+            infos = self.r.hmget(self.k.session_infos(), [r[0] for r in rows])
+            return [SessionInfo(int(sid), hb, json.loads(info) if info else {})
+                    for (sid, hb), info in zip(rows, infos, strict=True)]
+
+        return self._call(fn)
+
+    def _session_del(self, sid: int) -> None:
+        def fn() -> None:
+            with self.r.pipeline(transaction=True) as p:
+                p.zrem(self.k.sessions(), str(sid))
+                p.hdel(self.k.session_infos(), str(sid))
+                p.delete(self.k.sustained(sid))
+                p.execute()
+
+        self._call(fn)
+
+    def _sustained(self, sid: int) -> list[int]:
+        return [int(i) for i in self._call(lambda: self.r.smembers(self.k.sustained(sid)))]
+
+    def _delfiles(self, limit: int) -> list[tuple[int, int]]:
+        return [_pair(m) for m in self._call(lambda: self.r.zrange(self.k.delfiles(), 0, limit - 1))]
+
+    def _delfile_done(self, ino: int, length: int) -> None:
+        self._call(lambda: self.r.zrem(self.k.delfiles(), f"{ino}:{length}"))
+
+    def _trash(self, limit: int, before: float) -> list[tuple[int, int]]:
+        rows = self._call(lambda: self.r.zrangebyscore(self.k.trash(), "-inf", before, start=0, num=limit))
+        return [_pair(m) for m in rows]
+
+    def _trash_done(self, slices: list[tuple[int, int]]) -> None:
+        if slices:
+            self._call(lambda: self.r.zrem(self.k.trash(), *[f"{i}:{s}" for i, s in slices]))
+
+    def close_engine(self) -> None:
+        self.r.close()

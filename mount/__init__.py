@@ -1,0 +1,1 @@
+"""Mount helper and (later) the CSI driver; importable as cachefs.mount."""
