@@ -73,11 +73,9 @@ class SqliteTx:
         return Slice.unpack_many(row[0]) if row else []
 
     def append_slices(self, ino: int, indx: int, slices: list[Slice]) -> None:
-        blob = b"".join(s.pack() for s in slices)
-        self.db.execute(
-            "INSERT INTO chunk VALUES(?,?,?) ON CONFLICT(ino, indx) DO UPDATE SET slices=slices||excluded.slices",
-            (ino, indx, blob),
-        )
+        row = self._one("SELECT slices FROM chunk WHERE ino=? AND indx=?", ino, indx)
+        blob = (bytes(row[0]) if row else b"") + b"".join(s.pack() for s in slices)
+        self.db.execute("INSERT OR REPLACE INTO chunk VALUES(?,?,?)", (ino, indx, blob))
 
     def set_slices(self, ino: int, indx: int, slices: list[Slice]) -> None:
         if slices:

@@ -1,0 +1,297 @@
+"""The shared engine suite: every test runs against SQLite and Redis."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import uuid
+
+import pytest
+
+from cachefs.errors import ConfigError, FSError
+from cachefs.meta import open_meta
+from cachefs.meta.engine import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
+from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, TYPE_DIR, TYPE_FILE, Settings, Slice
+
+ENGINES = ["sqlite", "redis"]
+
+
+@pytest.fixture(params=ENGINES)
+def meta_url(request, volumes):
+    return volumes.meta_url(request.param)
+
+
+@pytest.fixture
+def meta(meta_url):
+    m = open_meta(meta_url)
+    m.format(Settings(name="t", uuid=str(uuid.uuid4()), storage="mem", bucket="x"))
+    m.new_session({"test": True})
+    yield m
+    m.close_engine()
+
+
+def err(fn, *args, **kw) -> int:
+    with pytest.raises(FSError) as e:
+        fn(*args, **kw)
+    return e.value.errno
+
+
+def mkfile(meta, parent, name, mode=0o644):
+    return meta.mknod(parent, name, TYPE_FILE, mode, 0, 0)[0]
+
+
+def mkdir(meta, parent, name):
+    return meta.mknod(parent, name, TYPE_DIR, 0o755, 0, 0)[0]
+
+
+def names(meta, ino):
+    return sorted(n for n, _, _ in meta.readdir(ino))
+
+
+def test_format_twice_needs_force(meta_url):
+    m = open_meta(meta_url)
+    s = Settings(name="a", uuid="1", storage="mem")
+    m.format(s)
+    with pytest.raises(ConfigError, match="already formatted"):
+        m.format(Settings(name="b", uuid="2", storage="mem"))
+    m.format(Settings(name="b", uuid="2", storage="mem"), force=True)
+    assert open_meta(meta_url).load().name == "b"
+
+
+def test_unformatted(meta_url):
+    with pytest.raises(ConfigError, match="not formatted"):
+        open_meta(meta_url).load()
+
+
+def test_create_lookup_and_nlink(meta):
+    d = mkdir(meta, ROOT_INODE, b"d")
+    f = mkfile(meta, d, b"f")
+    assert meta.lookup(d, b"f")[0] == f
+    assert meta.getattr(ROOT_INODE).nlink == 3
+    assert meta.getattr(d).nlink == 2
+    assert meta.lookup(d, b"..")[0] == ROOT_INODE
+    assert err(meta.mknod, d, b"f", TYPE_FILE, 0o644, 0, 0) == errno.EEXIST
+    assert err(meta.mknod, f, b"x", TYPE_FILE, 0o644, 0, 0) == errno.ENOTDIR
+    assert err(meta.lookup, d, b"nope") == errno.ENOENT
+    assert err(meta.mknod, d, b"x" * 256, TYPE_FILE, 0o644, 0, 0) == errno.ENAMETOOLONG
+
+
+def test_setgid_directory_inheritance(meta):
+    d = mkdir(meta, ROOT_INODE, b"d")
+    meta.setattr(d, mode=0o2775, gid=42)
+    f, a = meta.mknod(d, b"f", TYPE_FILE, 0o644, 7, 7)
+    sub, sa = meta.mknod(d, b"s", TYPE_DIR, 0o755, 7, 7)
+    assert a.gid == 42 and sa.gid == 42 and sa.mode & 0o2000
+
+
+def test_unlink_rmdir(meta):
+    d = mkdir(meta, ROOT_INODE, b"d")
+    mkfile(meta, d, b"f")
+    assert err(meta.rmdir, ROOT_INODE, b"d") == errno.ENOTEMPTY
+    assert err(meta.unlink, ROOT_INODE, b"d") == errno.EISDIR
+    assert err(meta.rmdir, d, b"f") == errno.ENOTDIR
+    meta.unlink(d, b"f")
+    meta.rmdir(ROOT_INODE, b"d")
+    assert names(meta, ROOT_INODE) == []
+    assert meta.getattr(ROOT_INODE).nlink == 2
+
+
+def test_hard_links(meta):
+    f = mkfile(meta, ROOT_INODE, b"a")
+    meta.link(f, ROOT_INODE, b"b")
+    assert meta.getattr(f).nlink == 2
+    assert err(meta.link, ROOT_INODE, ROOT_INODE, b"c") == errno.EPERM
+    meta.unlink(ROOT_INODE, b"a")
+    assert meta.getattr(f).nlink == 1
+    meta.unlink(ROOT_INODE, b"b")
+    assert err(meta.getattr, f) == errno.ENOENT
+
+
+def test_rename_cases(meta):
+    a = mkfile(meta, ROOT_INODE, b"a")
+    b = mkfile(meta, ROOT_INODE, b"b")
+    d1 = mkdir(meta, ROOT_INODE, b"d1")
+    d2 = mkdir(meta, ROOT_INODE, b"d2")
+    # replace a file
+    meta.rename(ROOT_INODE, b"a", ROOT_INODE, b"b")
+    assert meta.lookup(ROOT_INODE, b"b")[0] == a
+    assert err(meta.getattr, b) == errno.ENOENT
+    # noreplace
+    mkfile(meta, ROOT_INODE, b"c")
+    assert err(meta.rename, ROOT_INODE, b"b", ROOT_INODE, b"c", RENAME_NOREPLACE) == errno.EEXIST
+    # file over dir, dir over file
+    assert err(meta.rename, ROOT_INODE, b"b", ROOT_INODE, b"d1") == errno.EISDIR
+    assert err(meta.rename, ROOT_INODE, b"d1", ROOT_INODE, b"b") == errno.ENOTDIR
+    # dir over empty dir across parents, nlink bookkeeping
+    sub = mkdir(meta, d1, b"sub")
+    meta.rename(d1, b"sub", ROOT_INODE, b"d2")
+    assert meta.lookup(ROOT_INODE, b"d2")[0] == sub
+    assert err(meta.getattr, d2) == errno.ENOENT
+    assert meta.getattr(d1).nlink == 2
+    assert meta.getattr(ROOT_INODE).nlink == 4  # d1, d2(sub)
+    assert meta.getattr(sub).parent == ROOT_INODE
+    # dir over non-empty dir
+    mkfile(meta, sub, b"x")
+    assert err(meta.rename, ROOT_INODE, b"d1", ROOT_INODE, b"d2") == errno.ENOTEMPTY
+    # into own subtree
+    assert err(meta.rename, ROOT_INODE, b"d2", sub, b"loop") == errno.EINVAL
+    deep = mkdir(meta, sub, b"deep")
+    assert err(meta.rename, ROOT_INODE, b"d2", deep, b"loop") == errno.EINVAL
+    # exchange a file and a dir across parents
+    meta.rename(ROOT_INODE, b"b", sub, b"deep", RENAME_EXCHANGE)
+    assert meta.lookup(sub, b"deep")[0] == a
+    assert meta.lookup(ROOT_INODE, b"b")[0] == deep
+    assert meta.getattr(deep).parent == ROOT_INODE
+    assert meta.getattr(sub).nlink == 2
+    assert err(meta.rename, ROOT_INODE, b"zz", ROOT_INODE, b"c", RENAME_EXCHANGE) == errno.ENOENT
+    assert err(meta.rename, ROOT_INODE, b"c", ROOT_INODE, b"none", RENAME_EXCHANGE) == errno.ENOENT
+
+
+def test_rename_same_inode_is_noop(meta):
+    f = mkfile(meta, ROOT_INODE, b"a")
+    meta.link(f, ROOT_INODE, b"b")
+    meta.rename(ROOT_INODE, b"a", ROOT_INODE, b"b")
+    assert names(meta, ROOT_INODE) == [b"a", b"b"]
+
+
+def test_write_read_truncate(meta):
+    f = mkfile(meta, ROOT_INODE, b"f")
+    s1 = Slice(0, meta.new_slice_id(), 100, 0, 100)
+    attr = meta.write(f, [(0, s1), (1, Slice(10, meta.new_slice_id(), 5, 0, 5))])
+    assert attr.length == CHUNK_SIZE + 15
+    assert meta.read_chunk(f, 0) == [s1]
+    attr = meta.setattr(f, length=50)
+    assert attr.length == 50
+    assert meta.read_chunk(f, 0) == [s1, Slice(50, 0, 0, 0, CHUNK_SIZE - 50)]
+    assert meta.read_chunk(f, 1) == []
+    trash = meta.pending_trash()
+    assert len(trash) == 1 and trash[0][1] == 5
+    meta.trash_done(trash)
+    assert meta.pending_trash() == []
+
+
+def test_fallocate(meta):
+    f = mkfile(meta, ROOT_INODE, b"f")
+    assert meta.fallocate(f, 0, 0, 1000).length == 1000
+    assert meta.fallocate(f, 1, 0, 5000).length == 1000  # keep size
+    meta.fallocate(f, 3, 100, 50)  # punch hole
+    assert meta.read_chunk(f, 0)[-1] == Slice(100, 0, 0, 0, 50)
+    assert err(meta.fallocate, f, 2, 0, 10) == errno.EINVAL  # punch without keep size
+    assert err(meta.fallocate, f, 0x8, 0, 10) == errno.EOPNOTSUPP
+
+
+def test_compact_swap_checks_prefix(meta):
+    f = mkfile(meta, ROOT_INODE, b"f")
+    a, b = Slice(0, 10, 10, 0, 10), Slice(5, 11, 10, 0, 10)
+    meta.write(f, [(0, a), (0, b)])
+    c = Slice(0, 12, 15, 0, 15)
+    assert not meta.compact_chunk(f, 0, [b], [c])
+    assert meta.compact_chunk(f, 0, [a, b], [c])
+    assert meta.read_chunk(f, 0) == [c]
+    assert sorted(meta.pending_trash()) == [(10, 10), (11, 10)]
+
+
+def test_xattrs(meta):
+    f = mkfile(meta, ROOT_INODE, b"f")
+    meta.setxattr(f, b"user.a", b"1")
+    assert meta.getxattr(f, b"user.a") == b"1"
+    assert err(meta.setxattr, f, b"user.a", b"2", XATTR_CREATE) == errno.EEXIST
+    assert err(meta.setxattr, f, b"user.b", b"2", XATTR_REPLACE) == errno.ENODATA
+    meta.setxattr(f, b"user.a", b"3", XATTR_REPLACE)
+    assert meta.listxattr(f) == [b"user.a"]
+    meta.removexattr(f, b"user.a")
+    assert err(meta.getxattr, f, b"user.a") == errno.ENODATA
+    assert err(meta.removexattr, f, b"user.a") == errno.ENODATA
+
+
+def test_unlinked_open_file_is_sustained_until_close(meta):
+    f = mkfile(meta, ROOT_INODE, b"f")
+    meta.write(f, [(0, Slice(0, 99, 10, 0, 10))])
+    meta.is_open = lambda ino: ino == f
+    meta.unlink(ROOT_INODE, b"f")
+    assert meta.getattr(f).nlink == 0
+    assert meta.read_chunk(f, 0)
+    assert meta._sustained(meta.sid) == [f]
+    meta.close(f)
+    assert err(meta.getattr, f) == errno.ENOENT
+    assert meta.pending_delfiles() == [(f, 10)]
+    meta.delete_file_data(f, 10)
+    assert meta.pending_delfiles() == []
+    assert meta.pending_trash() == [(99, 10)]
+
+
+def test_dead_session_is_cleaned(meta, meta_url):
+    other = open_meta(meta_url)
+    other.load()
+    other.new_session({})
+    f = mkfile(other, ROOT_INODE, b"f")
+    other.is_open = lambda ino: True
+    other.unlink(ROOT_INODE, b"f")
+    other._session_put(other.sid, 0.0, {})  # last heartbeat long ago
+    assert meta.clean_stale_sessions(10) == [other.sid]
+    assert err(meta.getattr, f) == errno.ENOENT
+    assert [s.sid for s in meta.sessions()] == [meta.sid]
+
+
+def test_readdir_snapshot_large(meta):
+    d = mkdir(meta, ROOT_INODE, b"d")
+    for i in range(3000):
+        mkfile(meta, d, b"f%05d" % i)
+    entries = meta.readdir(d)
+    assert len(entries) == 3000
+    assert all(a.type == TYPE_FILE for _, _, a in entries)
+
+
+def test_concurrent_creates_lose_nothing(meta, meta_url):
+    d = mkdir(meta, ROOT_INODE, b"d")
+    clients = [open_meta(meta_url) for _ in range(4)]
+    for c in clients:
+        c.load()
+    errors = []
+
+    def work(c, k):
+        try:
+            for i in range(100):
+                c.mknod(d, b"c%d-%d" % (k, i), TYPE_FILE, 0o644, 0, 0)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(c, k)) for k, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(meta.readdir(d)) == 400
+    assert meta.statfs()[3] == 402
+
+
+def test_concurrent_renames_keep_tree_consistent(meta, meta_url):
+    a = mkdir(meta, ROOT_INODE, b"a")
+    b = mkdir(meta, ROOT_INODE, b"b")
+    for i in range(20):
+        mkfile(meta, a, b"f%d" % i)
+    c1, c2 = open_meta(meta_url), open_meta(meta_url)
+    c1.load()
+    c2.load()
+
+    def mover(c, src, dst):
+        for i in range(20):
+            try:
+                c.rename(src, b"f%d" % i, dst, b"f%d" % i)
+            except FSError:
+                pass
+
+    t1 = threading.Thread(target=mover, args=(c1, a, b))
+    t2 = threading.Thread(target=mover, args=(c2, b, a))
+    t1.start()
+    t2.start()
+    t1.join()
+    t2.join()
+    assert len(names(meta, a)) + len(names(meta, b)) == 20
+
+
+def test_symlink(meta):
+    s, attr = meta.symlink(ROOT_INODE, b"l", b"target/x", 0, 0)
+    assert meta.readlink(s) == b"target/x"
+    assert attr.length == 8

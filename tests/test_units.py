@@ -1,0 +1,112 @@
+"""Pure units: slice resolution, the block format and key, parsing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cachefs.block import block_key, block_lengths, decode_block, encode_block
+from cachefs.cli import parse_size
+from cachefs.errors import ChecksumError, ConfigError
+from cachefs.meta import open_meta, redact_url
+from cachefs.meta.types import Attr, Slice
+from cachefs.mount.helper import translate
+from cachefs.objects.s3 import parse_bucket
+from cachefs.slices import resolve
+
+
+def materialize(slices, size):
+    """Reference: apply records one after another to a byte array."""
+    out = [None] * size
+    for s in slices:
+        for i in range(s.len):
+            out[s.pos + i] = (s.id, s.off + i) if s.id else None
+    return out
+
+
+def from_segments(segs, size):
+    out = [None] * size
+    for g in segs:
+        for i in range(g.len):
+            out[g.pos + i] = (g.id, g.off + i)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_resolve_matches_reference(seed):
+    rng = random.Random(seed)
+    size = 200
+    slices = []
+    for i in range(rng.randint(1, 30)):
+        pos = rng.randrange(size)
+        n = rng.randint(1, size - pos)
+        sid = 0 if rng.random() < 0.2 else i + 1
+        slices.append(Slice(pos, sid, n + 10, rng.randint(0, 10), n))
+    assert from_segments(resolve(slices), size) == materialize(slices, size)
+
+
+def test_block_key_format():
+    assert block_key("v", 1_234_567, 3, 4096) == "v/chunks/1/1234/1234567_3_4096"
+    assert block_lengths(10, 4) == [4, 4, 2]
+    assert block_lengths(8, 4) == [4, 4]
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_block_roundtrip_and_corruption(compression):
+    plain = b"abc" * 10000
+    data = encode_block(plain, compression)
+    assert decode_block(data, len(plain)) == plain
+    if compression == "lz4":
+        assert len(data) < len(plain)
+    flipped = bytearray(data)
+    flipped[-5] ^= 0x40
+    with pytest.raises(ChecksumError):
+        decode_block(bytes(flipped), len(plain))
+    with pytest.raises(ChecksumError):
+        decode_block(data[:10], len(plain))
+    with pytest.raises(ChecksumError):
+        decode_block(data, len(plain) + 1)
+
+
+def test_incompressible_block_stored_plain():
+    plain = random.Random(1).randbytes(5000)
+    assert len(encode_block(plain, "lz4")) == len(plain) + 20
+
+
+def test_attr_roundtrip():
+    a = Attr(1, 0o4755, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+    assert Attr.unpack(a.pack()) == a
+    assert a.st_mode == 0o104755
+
+
+def test_parse_size():
+    assert parse_size("4M") == 4 << 20
+    assert parse_size("512K") == 512 << 10
+    assert parse_size("1048576") == 1 << 20
+    with pytest.raises(ConfigError):
+        parse_size("4X")
+
+
+def test_meta_urls():
+    with pytest.raises(ConfigError, match="unknown metadata URL scheme"):
+        open_meta("mysql://x")
+    with pytest.raises(ConfigError, match="bad metadata URL"):
+        open_meta("nothing")
+    assert redact_url("redis://u:secret@h:1/2") == "redis://u:****@h:1/2"
+    assert redact_url("redis://h:1/2") == "redis://h:1/2"
+
+
+def test_parse_bucket():
+    assert parse_bucket("http://127.0.0.1:9000/b") == ("http://127.0.0.1:9000", "b")
+    assert parse_bucket("s3://b", "http://e:1") == ("http://e:1", "b")
+    with pytest.raises(ConfigError):
+        parse_bucket("http://127.0.0.1:9000/")
+    with pytest.raises(ConfigError):
+        parse_bucket("ftp://x/y")
+
+
+def test_mount_helper_options():
+    assert translate("ro,attr-cache=2,_netdev,defaults") == ["--read-only", "--attr-cache", "2"]
+    with pytest.raises(ValueError, match="unknown mount option"):
+        translate("bogus=1")

@@ -1,0 +1,154 @@
+"""Kernel-free vfs tests: SQLite metadata and the mem object store, no FUSE."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import uuid
+
+import pytest
+
+from cachefs.background import Background
+from cachefs.errors import CachefsError, FSError, errno_of
+from cachefs.meta import open_meta
+from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, Settings
+from cachefs.vfs import COMPACT_THRESHOLD
+from cachefs.volume import Volume
+
+
+@pytest.fixture(params=["none", "lz4"])
+def vol(request, tmp_path):
+    url = f"sqlite3://{tmp_path}/m.db"
+    meta = open_meta(url)
+    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4()), block_size=64 << 10,
+                         compression=request.param))
+    meta.close_engine()
+    v = Volume(url)
+    v.meta.new_session({})
+    yield v
+    v.close()
+
+
+def create(vol, name=b"f"):
+    fh, ino, _ = vol.vfs.create(ROOT_INODE, name, 0o644, os.O_RDWR)
+    return fh, ino
+
+
+def test_random_io_matches_reference(vol):
+    rng = random.Random(7)
+    fh, ino = create(vol)
+    ref = bytearray()
+    for _ in range(400):
+        op = rng.random()
+        if op < 0.5:
+            off = rng.randint(0, 300_000)
+            data = rng.randbytes(rng.randint(1, 150_000))
+            vol.vfs.write(fh, off, data)
+            if off > len(ref):
+                ref.extend(b"\0" * (off - len(ref)))
+            ref[off : off + len(data)] = data
+        elif op < 0.6:
+            n = rng.randint(0, 400_000)
+            vol.vfs.setattr(ino, length=n)
+            del ref[n:]
+            ref.extend(b"\0" * (n - len(ref)))
+        elif op < 0.65:
+            vol.vfs.release(fh)
+            fh = vol.vfs.open(ino, os.O_RDWR)
+        else:
+            off = rng.randint(0, 450_000)
+            n = rng.randint(0, 200_000)
+            assert vol.vfs.read(fh, off, n) == bytes(ref[off : off + n])
+        assert vol.vfs.getattr(ino).length == len(ref)
+    vol.vfs.release(fh)
+
+
+def test_append_and_sparse(vol):
+    fh, ino = create(vol)
+    vol.vfs.write(fh, CHUNK_SIZE + 10, b"tail")
+    assert vol.vfs.read(fh, 0, 10) == b"\0" * 10
+    assert vol.vfs.read(fh, CHUNK_SIZE + 8, 10) == b"\0\0tail"
+    fh2 = vol.vfs.open(ino, os.O_WRONLY | os.O_APPEND)
+    vol.vfs.write(fh2, 0, b"!!")
+    vol.vfs.release(fh2)
+    assert vol.vfs.read(fh, CHUNK_SIZE + 10, 10) == b"tail!!"
+
+
+def test_checksum_mismatch_is_eio(vol):
+    fh, ino = create(vol)
+    vol.vfs.write(fh, 0, b"x" * 100_000)
+    vol.vfs.release(fh)
+    store = vol.objects
+    key = sorted(store.objects)[0]
+    raw = bytearray(store.objects[key])
+    raw[-1] ^= 1
+    store.objects[key] = bytes(raw)
+    vol.chunks.buffer = type(vol.chunks.buffer)(vol.chunks.buffer.capacity)
+    fh = vol.vfs.open(ino, os.O_RDONLY)
+    with pytest.raises(CachefsError) as e:
+        vol.vfs.read(fh, 0, 100)
+    assert errno_of(e.value) == errno.EIO
+    assert vol.chunks.checksum_errors == 1
+
+
+def test_unlinked_open_file_readable_until_close(vol):
+    fh, ino = create(vol)
+    vol.vfs.write(fh, 0, b"hello")
+    vol.vfs.flush(fh)
+    vol.vfs.unlink(ROOT_INODE, b"f")
+    vol.vfs.write(fh, 5, b" world")
+    assert vol.vfs.read(fh, 0, 100) == b"hello world"
+    bg = Background(vol.meta, vol.chunks, vol.vfs)
+    bg.run_once(trash_delay=0)
+    assert vol.objects.objects  # still there
+    vol.vfs.release(fh)
+    with pytest.raises(FSError):
+        vol.meta.getattr(ino)
+    bg.run_once(trash_delay=0)
+    assert vol.objects.objects == {}
+
+
+def test_compaction_keeps_content_and_frees_objects(vol):
+    fh, ino = create(vol)
+    rng = random.Random(3)
+    ref = bytearray(200_000)
+    for _ in range(COMPACT_THRESHOLD + 5):
+        off = rng.randint(0, 190_000)
+        data = rng.randbytes(rng.randint(1, 10_000))
+        vol.vfs.write(fh, off, data)
+        ref[off : off + len(data)] = data
+        vol.vfs.flush(fh)
+    vol.vfs.write(fh, 199_999, ref[199_999:])
+    vol.vfs.release(fh)
+    before = len(vol.meta.read_chunk(ino, 0))
+    assert before > COMPACT_THRESHOLD
+    Background(vol.meta, vol.chunks, vol.vfs).run_once(trash_delay=0)
+    assert len(vol.meta.read_chunk(ino, 0)) == 1
+    fh = vol.vfs.open(ino, os.O_RDONLY)
+    assert vol.vfs.read(fh, 0, 300_000) == bytes(ref)
+    slice_ids = {k.rsplit("/", 1)[1].split("_")[0] for k in vol.objects.objects}
+    assert len(slice_ids) == 1  # the old slices' objects are gone
+
+
+def test_fallocate_and_punch(vol):
+    fh, ino = create(vol)
+    vol.vfs.write(fh, 0, b"a" * 1000)
+    vol.vfs.fallocate(fh, 0, 0, 5000)
+    assert vol.vfs.getattr(ino).length == 5000
+    vol.vfs.fallocate(fh, 3, 10, 20)
+    assert vol.vfs.read(fh, 0, 40) == b"a" * 10 + b"\0" * 20 + b"a" * 10
+
+
+def test_read_only(tmp_path):
+    url = f"sqlite3://{tmp_path}/m.db"
+    meta = open_meta(url)
+    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4())))
+    meta.close_engine()
+    from cachefs.volume import VolumeOptions
+
+    v = Volume(url, VolumeOptions(read_only=True))
+    with pytest.raises(FSError) as e:
+        v.vfs.mkdir(ROOT_INODE, b"d", 0o755)
+    assert e.value.errno == errno.EROFS
+    v.close()
