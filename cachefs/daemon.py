@@ -58,6 +58,11 @@ def check_mountpoint(path: str) -> str:
     if not _stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"mountpoint {path} is not a directory")
     if is_mounted(real):
+        try:
+            os.statvfs(real)  # answered by the mount process itself, never from a cache
+        except OSError as e:
+            if e.errno == errno.ENOTCONN:
+                raise ConfigError(f"mountpoint {path} is a dead mount; run `cachefs umount {path}` first") from None
         raise ConfigError(f"{path} is already mounted")
     return real
 
@@ -174,11 +179,12 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
     from .volume import Volume, VolumeOptions
 
     def fail(msg: str) -> int:
-        log.error("%s", msg)
+        if notify or cfg.log_file:
+            log.error("%s", msg)
         if notify:
             notify(msg)
         else:
-            print(f"cachefs: {msg}", file=sys.stderr)
+            print(f"cachefs mount: {msg}", file=sys.stderr)
         return 1
 
     try:

@@ -174,7 +174,7 @@ class RedisMeta(BaseMeta):
         self.where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
         try:
             self.r = redis.Redis.from_url(
-                url, socket_connect_timeout=3, socket_timeout=20, health_check_interval=30,
+                url, socket_connect_timeout=3, socket_timeout=5, health_check_interval=30,
             )
         except ValueError as e:
             raise ConfigError(f"bad Redis URL: {e}") from None

@@ -57,14 +57,15 @@ class S3Store(ObjectStore):
             signature_version="s3v4",
         )
         session = boto3.session.Session()
-        self.client = session.client(
-            "s3",
+        kwargs = dict(
             endpoint_url=self.endpoint or None,
             region_name=region or os.environ.get("AWS_REGION") or "us-east-1",
             aws_access_key_id=access_key or None,
             aws_secret_access_key=secret_key or None,
-            config=config,
         )
+        self.client = session.client("s3", config=config, **kwargs)
+        # checks at format and mount time must answer within seconds, even from a stalled server
+        self._quick = session.client("s3", config=config.merge(Config(read_timeout=5)), **kwargs)
 
     def __str__(self) -> str:
         where = self.endpoint or "s3"
@@ -125,7 +126,7 @@ class S3Store(ObjectStore):
 
     def check(self) -> None:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._quick.head_bucket(Bucket=self.bucket)
         except Exception as e:
             err = self._fail(e)
             if isinstance(err, Transient):
@@ -142,7 +143,7 @@ class S3Store(ObjectStore):
             if "does not exist" not in str(e):
                 raise
         try:
-            self.client.create_bucket(Bucket=self.bucket)
+            self._quick.create_bucket(Bucket=self.bucket)
         except Exception as e:
             err = self._fail(e)
             if isinstance(err, Transient):
