@@ -270,10 +270,13 @@ class VFS:
         return len(data)
 
     def _flush_state(self, fs: FileState) -> None:
-        """Finish the uploads of a file's buffered slices and commit them (caller holds fs.lock)."""
+        """Finish the uploads of a file's buffered slices and commit them (caller holds fs.lock).
+
+        The slices stay in fs.pending until the commit is done, so a concurrent getattr keeps
+        reporting the length they give the file instead of the engine's older one."""
         if not fs.pending:
             return
-        pending, fs.pending, fs.active = fs.pending, [], {}
+        pending = fs.pending
         sizes = []
         failure: Exception | None = None
         for p in pending:
@@ -282,17 +285,18 @@ class VFS:
             except Exception as e:  # noqa: PERF203 - keep finishing the others
                 failure = failure or e
                 sizes.append(0)
-        if failure is not None:
-            self._discard(pending, sizes)
-            raise failure
         records = [(p.indx, Slice(p.pos, p.writer.id, n, 0, n)) for p, n in zip(pending, sizes, strict=True)
                    if n]
         try:
+            if failure is not None:
+                raise failure
             attr = self.meta.write(fs.ino, records)
         except Exception:
+            fs.pending, fs.active = [], {}
             self._discard(pending, sizes)
             raise
         fs.length = attr.length
+        fs.pending, fs.active = [], {}
         for indx, _ in records:
             fs.segments.pop(indx, None)
             fs.committed[indx] = fs.committed.get(indx, 0) + 1
