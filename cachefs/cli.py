@@ -12,7 +12,7 @@ import time
 import uuid
 
 from . import __version__
-from .errors import CachefsError, ConfigError
+from .errors import CachefsError, ConfigError, FSError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
@@ -201,6 +201,39 @@ def cmd_info(a: argparse.Namespace) -> int:
     return code
 
 
+def _add_clone(sub) -> None:
+    p = sub.add_parser("clone", help="copy a file without copying its data", description="Make DST a copy "
+                       "of SRC that shares SRC's blocks (metadata only; both on one mounted volume). "
+                       "SRC's content as of its last close is what is copied.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+
+
+def cmd_clone(a: argparse.Namespace) -> int:
+    from cachefs.meta import open_meta
+
+    from .daemon import read_state
+
+    try:
+        src = os.lstat(a.src)
+        parent_dir = os.path.dirname(os.path.abspath(a.dst))
+        parent = os.stat(parent_dir)
+    except OSError as e:
+        raise ConfigError(f"{e.filename}: {e.strerror}") from None
+    state = _mount_of(os.path.realpath(a.src), read_state)
+    if _mount_of(os.path.realpath(parent_dir), read_state)["mountpoint"] != state["mountpoint"]:
+        raise ConfigError("SRC and DST must be on the same mounted volume")
+    meta = open_meta(state["meta_url"])
+    try:
+        meta.load()
+        meta.clone(src.st_ino, parent.st_ino, os.path.basename(a.dst).encode(), os.getuid(), os.getgid())
+    except FSError as e:
+        raise ConfigError(f"cannot clone {a.src} to {a.dst}: {os.strerror(e.errno)}") from None
+    finally:
+        meta.close_engine()
+    return 0
+
+
 def _mount_of(path: str, read_state) -> dict:  # noqa: ANN001
     cur = path
     while True:
@@ -218,6 +251,7 @@ COMMANDS = {
     "umount": (_add_umount, cmd_umount),
     "status": (_add_status, cmd_status),
     "info": (_add_info, cmd_info),
+    "clone": (_add_clone, cmd_clone),
 }
 
 

@@ -78,6 +78,8 @@ class Tx(Protocol):
     def add_usage(self, space: int, inodes: int) -> None: ...
     def add_delfile(self, ino: int, length: int) -> None: ...
     def add_trash(self, slices: Iterable[tuple[int, int]]) -> None: ...
+    def get_refs(self, ids: list[int]) -> dict[int, int]: ...  # extra references (absent: none)
+    def set_ref(self, sid: int, extra: int) -> None: ...
     def add_sustained(self, sid: int, ino: int) -> None: ...
     def del_sustained(self, sid: int, ino: int) -> None: ...
 
@@ -550,7 +552,7 @@ class BaseMeta(ABC):
                 slices = tx.get_slices(ino, i)
                 if slices:
                     tx.set_slices(ino, i, [])
-                    tx.add_trash(_distinct(slices))
+                    _deref(tx, _distinct(slices))
         tx.add_usage(_align4k(length) - _align4k(old), 0)
         attr.length = length
         attr.mtime = attr.ctime = now
@@ -623,8 +625,50 @@ class BaseMeta(ABC):
             rest = cur[len(old) :]
             tx.set_slices(ino, indx, new + rest)
             keep = {s.id for s in new + rest}
-            tx.add_trash([(i, sz) for i, sz in _distinct(old) if i not in keep])
+            _deref(tx, [(i, sz) for i, sz in _distinct(old) if i not in keep])
             return True
+
+        return self._txn(fn)
+
+    def clone(self, src: int, parent: int, name: bytes, uid: int, gid: int) -> tuple[int, Attr]:
+        """A new file with the content of src, sharing its slices (metadata only)."""
+        _check_name(name)
+        ino = self.new_inode()
+
+        def fn(tx: Tx) -> tuple[int, Attr]:
+            attr = tx.get_attr(src)
+            if attr is None:
+                raise FSError(errno.ENOENT)
+            if attr.type != TYPE_FILE:
+                raise FSError(errno.EISDIR if attr.type == TYPE_DIR else errno.EINVAL)
+            pattr = tx.get_attr(parent)
+            if pattr is None or pattr.nlink == 0:
+                raise FSError(errno.ENOENT)
+            if pattr.type != TYPE_DIR:
+                raise FSError(errno.ENOTDIR)
+            if tx.get_entry(parent, name) is not None:
+                raise FSError(errno.EEXIST)
+            now = now_ns()
+            new = attr.copy()
+            new.uid, new.gid, new.nlink, new.parent = uid, gid, 1, parent
+            new.atime = new.mtime = new.ctime = now
+            added: dict[int, int] = {}
+            for indx in range((attr.length + CHUNK_SIZE - 1) // CHUNK_SIZE):
+                slices = tx.get_slices(src, indx)
+                if slices:
+                    tx.set_slices(ino, indx, slices)
+                    for sid, _ in _distinct(slices):
+                        added[sid] = added.get(sid, 0) + 1
+            if added:
+                extra = tx.get_refs(list(added))
+                for sid, n in added.items():
+                    tx.set_ref(sid, extra.get(sid, 0) + n)
+            tx.set_attr(ino, new)
+            tx.set_entry(parent, name, ino, TYPE_FILE)
+            pattr.mtime = pattr.ctime = now
+            tx.set_attr(parent, pattr)
+            tx.add_usage(_align4k(new.length), 1)
+            return ino, new
 
         return self._txn(fn)
 
@@ -760,7 +804,7 @@ class BaseMeta(ABC):
                 slices = tx.get_slices(ino, indx)
                 if slices:
                     tx.set_slices(ino, indx, [])
-                    tx.add_trash(_distinct(slices))
+                    _deref(tx, _distinct(slices))
 
             self._txn(fn)
         self._delfile_done(ino, length)
@@ -770,6 +814,24 @@ class BaseMeta(ABC):
 
     def trash_done(self, slices: list[tuple[int, int]]) -> None:
         self._trash_done(slices)
+
+
+def _deref(tx: Tx, slices: list[tuple[int, int]]) -> None:
+    """Drop one reference to each slice; a slice nobody references any more goes to the trash.
+
+    A slice starts with one reference (the chunk that got it written); `clone` adds one per
+    chunk that shares it, recorded as an extra count so the common case stores nothing."""
+    if not slices:
+        return
+    extra = tx.get_refs([i for i, _ in slices])
+    gone = []
+    for sid, size in slices:
+        n = extra.get(sid, 0)
+        if n > 0:
+            tx.set_ref(sid, n - 1)
+        else:
+            gone.append((sid, size))
+    tx.add_trash(gone)
 
 
 def _distinct(slices: Iterable[Slice]) -> list[tuple[int, int]]:

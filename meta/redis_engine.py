@@ -153,6 +153,28 @@ class RedisTx:
         if members:
             self._op(lambda p: p.zadd(self.k.trash(), members, nx=True))
 
+    def get_refs(self, ids: list[int]) -> dict[int, int]:
+        key = self.k.slice_refs()
+        out = {}
+        missing = [i for i in ids if (key, i) not in self.local]
+        if missing:
+            self._w(key)
+            for i, v in zip(missing, self.c.hmget(key, missing), strict=True):
+                if v:
+                    out[i] = int(v)
+        for i in ids:
+            if (key, i) in self.local and self.local[(key, i)]:
+                out[i] = self.local[(key, i)]
+        return out
+
+    def set_ref(self, sid: int, extra: int) -> None:
+        key = self.k.slice_refs()
+        self.local[(key, sid)] = extra
+        if extra > 0:
+            self._op(lambda p: p.hset(key, sid, extra))
+        else:
+            self._op(lambda p: p.hdel(key, sid))
+
     def add_sustained(self, sid: int, ino: int) -> None:
         self._op(lambda p: p.sadd(self.k.sustained(sid), ino))
 

@@ -69,6 +69,9 @@ class Keys:
     def trash(self) -> str:
         return self.tag + "trash"
 
+    def slice_refs(self) -> str:
+        return self.tag + "sliceRef"
+
     def pattern(self) -> str:
         """A SCAN pattern matching every key of the volume (names hold no glob characters)."""
         return self.tag + "*"

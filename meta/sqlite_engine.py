@@ -32,9 +32,10 @@ CREATE TABLE IF NOT EXISTS session(sid INTEGER PRIMARY KEY, heartbeat REAL NOT N
 CREATE TABLE IF NOT EXISTS sustained(sid INTEGER, ino INTEGER, PRIMARY KEY(sid, ino)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS delfile(ino INTEGER PRIMARY KEY, length INTEGER NOT NULL, added REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS trash(id INTEGER PRIMARY KEY, size INTEGER NOT NULL, added REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sliceref(id INTEGER PRIMARY KEY, extra INTEGER NOT NULL);
 """
 TABLES = ["setting", "counter", "node", "edge", "chunk", "symlink", "xattr", "session", "sustained",
-          "delfile", "trash"]
+          "delfile", "trash", "sliceref"]
 
 
 class SqliteTx:
@@ -112,6 +113,17 @@ class SqliteTx:
     def add_trash(self, slices: Iterable[tuple[int, int]]) -> None:
         now = time.time()
         self.db.executemany("INSERT OR IGNORE INTO trash VALUES(?,?,?)", [(i, s, now) for i, s in slices])
+
+    def get_refs(self, ids: list[int]) -> dict[int, int]:
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT id, extra FROM sliceref WHERE id IN ({marks})", ids).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def set_ref(self, sid: int, extra: int) -> None:
+        if extra > 0:
+            self.db.execute("INSERT OR REPLACE INTO sliceref VALUES(?,?)", (sid, extra))
+        else:
+            self.db.execute("DELETE FROM sliceref WHERE id=?", (sid,))
 
     def add_sustained(self, sid: int, ino: int) -> None:
         self.db.execute("INSERT OR IGNORE INTO sustained VALUES(?,?)", (sid, ino))

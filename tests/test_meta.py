@@ -295,3 +295,23 @@ def test_symlink(meta):
     s, attr = meta.symlink(ROOT_INODE, b"l", b"target/x", 0, 0)
     assert meta.readlink(s) == b"target/x"
     assert attr.length == 8
+
+
+def test_clone_shares_slices_with_reference_counts(meta):
+    f = mkfile(meta, ROOT_INODE, b"f")
+    meta.write(f, [(0, Slice(0, 500, 10, 0, 10)), (1, Slice(0, 501, 10, 0, 10))])
+    c, attr = meta.clone(f, ROOT_INODE, b"c", 0, 0)
+    assert attr.length == CHUNK_SIZE + 10
+    assert meta.read_chunk(c, 1) == meta.read_chunk(f, 1)
+    assert err(meta.clone, f, ROOT_INODE, b"c", 0, 0) == errno.EEXIST
+    assert err(meta.clone, ROOT_INODE, ROOT_INODE, b"d", 0, 0) == errno.EISDIR
+    meta.unlink(ROOT_INODE, b"f")
+    for ino, length in meta.pending_delfiles():
+        meta.delete_file_data(ino, length)
+    assert meta.pending_trash() == []  # the clone still references both slices
+    meta.setattr(c, length=5)  # drops chunk 1: its last reference
+    assert meta.pending_trash() == [(501, 10)]
+    meta.unlink(ROOT_INODE, b"c")
+    for ino, length in meta.pending_delfiles():
+        meta.delete_file_data(ino, length)
+    assert sorted(meta.pending_trash()) == [(500, 10), (501, 10)]
