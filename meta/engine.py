@@ -275,13 +275,7 @@ class BaseMeta(ABC):
         ino = self.new_inode()
 
         def fn(tx: Tx) -> tuple[int, Attr]:
-            pattr = tx.get_attr(parent)
-            if pattr is None or pattr.nlink == 0:
-                raise FSError(errno.ENOENT)
-            if pattr.type != TYPE_DIR:
-                raise FSError(errno.ENOTDIR)
-            if tx.get_entry(parent, name) is not None:
-                raise FSError(errno.EEXIST)
+            pattr = _free_name(tx, parent, name)
             now = now_ns()
             m, g = mode & 0o7777, gid
             if pattr.mode & 0o2000:  # setgid directory: children inherit its group
@@ -310,18 +304,12 @@ class BaseMeta(ABC):
         _check_name(name)
 
         def fn(tx: Tx) -> Attr:
-            pattr = tx.get_attr(parent)
-            if pattr is None or pattr.nlink == 0:
-                raise FSError(errno.ENOENT)
-            if pattr.type != TYPE_DIR:
-                raise FSError(errno.ENOTDIR)
             attr = tx.get_attr(ino)
             if attr is None or attr.nlink == 0:
                 raise FSError(errno.ENOENT)
             if attr.type == TYPE_DIR:
                 raise FSError(errno.EPERM)
-            if tx.get_entry(parent, name) is not None:
-                raise FSError(errno.EEXIST)
+            pattr = _free_name(tx, parent, name)
             now = now_ns()
             attr.nlink += 1
             attr.ctime = now
@@ -641,13 +629,7 @@ class BaseMeta(ABC):
                 raise FSError(errno.ENOENT)
             if attr.type != TYPE_FILE:
                 raise FSError(errno.EISDIR if attr.type == TYPE_DIR else errno.EINVAL)
-            pattr = tx.get_attr(parent)
-            if pattr is None or pattr.nlink == 0:
-                raise FSError(errno.ENOENT)
-            if pattr.type != TYPE_DIR:
-                raise FSError(errno.ENOTDIR)
-            if tx.get_entry(parent, name) is not None:
-                raise FSError(errno.EEXIST)
+            pattr = _free_name(tx, parent, name)
             now = now_ns()
             new = attr.copy()
             new.uid, new.gid, new.nlink, new.parent = uid, gid, 1, parent
@@ -814,6 +796,18 @@ class BaseMeta(ABC):
 
     def trash_done(self, slices: list[tuple[int, int]]) -> None:
         self._trash_done(slices)
+
+
+def _free_name(tx: Tx, parent: int, name: bytes) -> Attr:
+    """The attributes of a live directory `parent` in which `name` does not exist yet."""
+    pattr = tx.get_attr(parent)
+    if pattr is None or pattr.nlink == 0:
+        raise FSError(errno.ENOENT)
+    if pattr.type != TYPE_DIR:
+        raise FSError(errno.ENOTDIR)
+    if tx.get_entry(parent, name) is not None:
+        raise FSError(errno.EEXIST)
+    return pattr
 
 
 def _deref(tx: Tx, slices: list[tuple[int, int]]) -> None:
