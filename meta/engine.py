@@ -13,7 +13,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from cachefs.errors import ConfigError, FSError
 
@@ -834,13 +834,3 @@ def _distinct(slices: Iterable[Slice]) -> list[tuple[int, int]]:
         if s.id:
             seen.setdefault(s.id, s.size)
     return list(seen.items())
-
-
-def walk_all(meta: BaseMeta, fn: Callable[[bytes, int, Attr], Any], ino: int = ROOT_INODE,
-             prefix: bytes = b"") -> None:
-    """Visit every entry under ino depth-first (for info and checks)."""
-    for name, child, attr in meta.readdir(ino):
-        path = prefix + b"/" + name
-        fn(path, child, attr)
-        if attr.type == TYPE_DIR:
-            walk_all(meta, fn, child, path)
