@@ -5,13 +5,18 @@ Thread-safe and synchronous; the vfs calls it from FUSE worker threads, the CLI 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .block import block_key, block_lengths, decode_block, encode_block
+from .diskcache import DiskCache
 from .errors import ChecksumError, ObjectError, ObjectNotFound
+from .metrics import Metrics
 from .objects import ObjectStore
+
+log = logging.getLogger("cachefs.chunks")
 
 
 class BlockBuffer:
@@ -51,40 +56,60 @@ class BlockBuffer:
 
 
 class ChunkStore:
+    """Memory buffer, then the local disk cache, then the object store.
+
+    `buffer_bytes` bounds memory for blocks: half holds blocks read (and read ahead), half
+    holds blocks waiting to be uploaded; a writer waits when its half is full."""
+
     def __init__(self, store: ObjectStore, volume: str, block_size: int, compression: str = "none",
-                 max_uploads: int = 16, max_downloads: int = 16, buffer_bytes: int = 128 << 20) -> None:
+                 max_uploads: int = 16, max_downloads: int = 16, buffer_bytes: int = 300 << 20,
+                 cache: DiskCache | None = None, metrics: Metrics | None = None) -> None:
         self.store = store
         self.volume = volume
         self.block_size = block_size
         self.compression = compression
+        self.cache = cache
+        self.metrics = metrics or store.metrics
+        self.max_downloads = max_downloads
         self._uploads = ThreadPoolExecutor(max_uploads, thread_name_prefix="upload")
-        # blocks queued or being uploaded, each holding up to one block of memory
-        self._upload_slots = threading.BoundedSemaphore(max_uploads * 2)
+        self._upload_slots = threading.BoundedSemaphore(max(2, buffer_bytes // 2 // block_size))
         self._downloads = ThreadPoolExecutor(max_downloads, thread_name_prefix="download")
-        self.buffer = BlockBuffer(buffer_bytes)
+        self.buffer = BlockBuffer(max(buffer_bytes // 2, block_size))
         self._inflight: dict[str, Future] = {}
         self._inflight_lock = threading.Lock()
-        self.checksum_errors = 0
+        self._uploading = 0
+        self._count_lock = threading.Lock()
+
+    def _track_upload(self, delta_blocks: int, delta_bytes: int) -> None:
+        with self._count_lock:
+            self._uploading += delta_bytes
+            self.metrics.pending_uploads.inc(delta_blocks)
+            self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
 
     def key(self, slice_id: int, index: int, length: int) -> str:
         return block_key(self.volume, slice_id, index, length)
 
     # ---- writing ---------------------------------------------------------------------------
     def put_block(self, slice_id: int, index: int, data: bytes) -> Future:
-        """Upload one block in the background; blocks while too many uploads are queued."""
+        """Upload one block in the background; blocks while the upload buffer is full."""
         self._upload_slots.acquire()
+        self._track_upload(1, len(data))
         key = self.key(slice_id, index, len(data))
 
         def run() -> None:
             try:
-                self.store.put(key, encode_block(data, self.compression))
-                self.buffer.put(key, data)
+                stored = encode_block(data, self.compression)
+                self.store.put(key, stored)
+                if self.cache is not None:
+                    self.cache.put(key, stored)
             finally:
+                self._track_upload(-1, -len(data))
                 self._upload_slots.release()
 
         try:
             return self._uploads.submit(run)
         except BaseException:
+            self._track_upload(-1, -len(data))
             self._upload_slots.release()
             raise
 
@@ -92,12 +117,14 @@ class ChunkStore:
         return SliceWriter(self, slice_id)
 
     # ---- reading ---------------------------------------------------------------------------
-    def get_block(self, slice_id: int, slice_size: int, index: int) -> bytes:
-        """One block's plain bytes; concurrent callers of the same block share one fetch."""
+    def get_block(self, slice_id: int, slice_size: int, index: int, keep: bool = True) -> bytes:
+        """One block's plain bytes; concurrent callers of the same block share one fetch.
+        keep=False (warmup) fills the disk cache without taking memory buffer space."""
         length = min(self.block_size, slice_size - index * self.block_size)
         key = self.key(slice_id, index, length)
         data = self.buffer.get(key)
         if data is not None:
+            self.metrics.buffer_hits.inc()
             return data
         with self._inflight_lock:
             fut = self._inflight.get(key)
@@ -108,13 +135,10 @@ class ChunkStore:
         if not owner:
             return fut.result()
         try:
-            raw = self.store.get(key)
-            try:
-                data = decode_block(raw, length, key)
-            except ChecksumError:
-                self.checksum_errors += 1
-                raise
-            self.buffer.put(key, data)
+            data = self._load(key, length)
+            if keep:
+                self.buffer.put(key, data)
+                self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
             fut.set_result(data)
             return data
         except BaseException as e:
@@ -123,6 +147,27 @@ class ChunkStore:
         finally:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
+
+    def _load(self, key: str, length: int) -> bytes:
+        """A block from the disk cache (verified) or else the object store (verified, cached)."""
+        if self.cache is not None:
+            raw = self.cache.get(key)
+            if raw is not None:
+                try:
+                    return decode_block(raw, length, key)
+                except ChecksumError as e:
+                    self.metrics.checksum_errors.labels("cache").inc()
+                    self.cache.drop(key)
+                    log.warning("%s in the disk cache: dropped, fetching again", e)
+        raw = self.store.get(key)
+        try:
+            data = decode_block(raw, length, key)
+        except ChecksumError:
+            self.metrics.checksum_errors.labels("object").inc()
+            raise
+        if self.cache is not None:
+            self.cache.put(key, raw)
+        return data
 
     def read(self, slice_id: int, slice_size: int, off: int, n: int) -> bytes:
         """Bytes [off, off+n) of a slice, fetching its blocks in parallel."""
@@ -154,16 +199,45 @@ class ChunkStore:
         def run() -> None:
             try:
                 self.get_block(slice_id, slice_size, index)
+                self.metrics.prefetches.inc()
             except Exception:
                 pass  # the real read reports it
 
         self._downloads.submit(run)
 
+    # ---- warmup ----------------------------------------------------------------------------
+    def _keys(self, slice_id: int, size: int) -> list[tuple[int, str, int]]:
+        return [(i, self.key(slice_id, i, n), n) for i, n in enumerate(block_lengths(size, self.block_size))]
+
+    def warm(self, slice_id: int, size: int) -> int:
+        """Bring a slice's blocks into the disk cache; returns bytes fetched."""
+        if self.cache is None:
+            return 0
+        fetched = 0
+        for i, key, n in self._keys(slice_id, size):
+            if not self.cache.contains(key):
+                self.get_block(slice_id, size, i, keep=False)
+                fetched += n
+        return fetched
+
+    def cached(self, slice_id: int, size: int) -> int:
+        """Bytes of a slice that the disk cache holds."""
+        if self.cache is None:
+            return 0
+        return sum(n for _, key, n in self._keys(slice_id, size) if self.cache.contains(key))
+
+    def evict(self, slice_id: int, size: int) -> None:
+        for _, key, _ in self._keys(slice_id, size):
+            self.buffer.drop(key)
+            if self.cache is not None:
+                self.cache.drop(key)
+
     # ---- deleting --------------------------------------------------------------------------
     def delete_slice(self, slice_id: int, size: int) -> None:
-        for i, length in enumerate(block_lengths(size, self.block_size)):
-            key = self.key(slice_id, i, length)
+        for _, key, _ in self._keys(slice_id, size):
             self.buffer.drop(key)
+            if self.cache is not None:
+                self.cache.drop(key)
             self.store.delete(key)
 
     def close(self) -> None:

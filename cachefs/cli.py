@@ -107,6 +107,13 @@ def _add_mount(sub) -> None:
     p.add_argument("--max-downloads", type=int, default=16, help="parallel block downloads (default 16)")
     p.add_argument("--buffer-size", type=int, default=300, help="memory for blocks in MiB (default 300)")
     p.add_argument("--threads", type=int, default=32, help="worker threads serving FUSE (default 32)")
+    p.add_argument("--cache-dir", default="/var/cache/cachefs",
+                   help="local block cache directories, separated by ':' (default /var/cache/cachefs)")
+    p.add_argument("--cache-size", type=int, default=100 << 10,
+                   help="disk cache size limit in MiB, 0 disables it (default 102400)")
+    p.add_argument("--free-space-ratio", type=float, default=0.1,
+                   help="keep at least this share of each cache disk free (default 0.1)")
+    p.add_argument("--metrics", default="", metavar="HOST:PORT", help="serve Prometheus metrics here")
 
 
 def cmd_mount(a: argparse.Namespace) -> int:
@@ -117,9 +124,15 @@ def cmd_mount(a: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
     if a.heartbeat <= 0 or a.session_timeout <= a.heartbeat:
         raise ConfigError("--session-timeout must be longer than --heartbeat (both positive)")
+    if a.cache_size < 0 or not 0 <= a.free_space_ratio < 1:
+        raise ConfigError("--cache-size must be >= 0 and --free-space-ratio in [0, 1)")
+    if a.metrics and not re.fullmatch(r"[\w.\-]*:\d+", a.metrics):
+        raise ConfigError(f"bad --metrics address {a.metrics!r} (expected HOST:PORT)")
+    dirs = [d for d in a.cache_dir.split(":") if d]
     cfg = MountConfig(a.meta_url, a.mountpoint, a.read_only, a.options, a.attr_cache, a.entry_cache,
                       a.dir_entry_cache, a.heartbeat, a.session_timeout, a.trash_delay, a.max_uploads,
-                      a.max_downloads, a.buffer_size, a.threads, a.log)
+                      a.max_downloads, a.buffer_size, a.threads, a.log, dirs, a.cache_size,
+                      a.free_space_ratio, a.metrics)
     return mount(cfg, a.background)
 
 
@@ -234,6 +247,165 @@ def cmd_clone(a: argparse.Namespace) -> int:
     return 0
 
 
+def _control(mountpoint: str, request: dict) -> dict:
+    """Ask the mount process through its `.control` file."""
+    try:
+        fd = os.open(os.path.join(mountpoint, ".control"), os.O_RDWR)
+    except OSError as e:
+        raise ConfigError(f"{mountpoint}: cannot reach the mount process ({e.strerror})") from None
+    try:
+        os.write(fd, json.dumps(request).encode())
+        chunks = []
+        while data := os.pread(fd, 1 << 20, sum(map(len, chunks))):
+            chunks.append(data)
+    except OSError as e:
+        raise ConfigError(f"{mountpoint}: the mount process failed the request ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    answer = json.loads(b"".join(chunks) or b"{}")
+    if "error" in answer:
+        raise ConfigError(answer["error"])
+    return answer
+
+
+def _files(paths: list[str]) -> list[tuple[str, int, int]]:
+    """(path, inode, size) of every regular file under the paths."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from None
+        if os.path.isdir(path):
+            for d, _dirs, names in os.walk(path):
+                for n in sorted(names):
+                    full = os.path.join(d, n)
+                    try:
+                        st = os.lstat(full)
+                    except OSError:
+                        continue
+                    if os.path.isfile(full) and not os.path.islink(full):
+                        out.append((full, st.st_ino, st.st_size))
+        elif os.path.isfile(path):
+            out.append((path, st.st_ino, st.st_size))
+    return out
+
+
+def _add_warmup(sub) -> None:
+    p = sub.add_parser("warmup", help="fill the local cache with files", description="Fetch files (or whole "
+                       "directories) into the mount's local disk cache, so reading them makes no object-store "
+                       "request; --check reports how much is cached, --evict drops it.")
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("--threads", type=int, default=16, help="parallel downloads (default 16)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="only report how much of each path is cached")
+    mode.add_argument("--evict", action="store_true", help="drop the paths from the cache")
+
+
+def cmd_warmup(a: argparse.Namespace) -> int:
+    from .daemon import read_state
+    from .progress import Progress, human
+
+    if a.threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    mountpoint = _mount_of(os.path.realpath(a.paths[0]), read_state)["mountpoint"]
+    for p in a.paths[1:]:
+        if _mount_of(os.path.realpath(p), read_state)["mountpoint"] != mountpoint:
+            raise ConfigError("all paths must be on one mounted volume")
+    files = _files(a.paths)
+    if a.check:
+        answer = _control(mountpoint, {"cmd": "check", "inodes": [ino for _, ino, _ in files]})["files"]
+        total = cached = 0
+        for path in a.paths:
+            prefix = os.path.abspath(path)
+            t = c = 0
+            for f, ino, _ in files:
+                if os.path.abspath(f) == prefix or os.path.abspath(f).startswith(prefix.rstrip("/") + "/"):
+                    t += answer[str(ino)]["bytes"]
+                    c += answer[str(ino)]["cached"]
+            total, cached = total + t, cached + c
+            print(f"{path}: {human(c)} of {human(t)} cached ({100 * c / t if t else 100:.1f}%)")
+        return 0
+    cmd = "evict" if a.evict else "warmup"
+    progress = Progress(sum(size for _, _, size in files), "evicting" if a.evict else "warming up")
+    done = fetched = cached = 0
+    batch: list[tuple[str, int, int]] = []
+
+    def send() -> None:
+        nonlocal fetched, cached
+        if batch:
+            answer = _control(mountpoint, {"cmd": cmd, "inodes": [i for _, i, _ in batch], "threads": a.threads})
+            fetched += answer.get("fetched", 0)
+            cached += answer["cached"]
+            progress.add(sum(s for _, _, s in batch))
+            batch.clear()
+
+    for item in files:
+        batch.append(item)
+        done += item[2]
+        if len(batch) >= 64 or sum(s for _, _, s in batch) >= 256 << 20:
+            send()
+    send()
+    progress.close()
+    if a.evict:
+        print(f"evicted {len(files)} files ({human(done)}); {human(cached)} still cached")
+    else:
+        print(f"warmed up {len(files)} files ({human(done)}, {human(fetched)} fetched); {human(cached)} cached")
+    return 0
+
+
+FUSE_READ = 'cachefs_fuse_bytes_total{op="read"}'
+FUSE_WRITE = 'cachefs_fuse_bytes_total{op="write"}'
+OBJ_GET = 'cachefs_object_requests_total{op="get"}'
+OBJ_PUT = 'cachefs_object_requests_total{op="put"}'
+OBJ_IN = 'cachefs_object_bytes_total{op="get"}'
+STAT_KEYS = ("cachefs_fuse_op_seconds_count", FUSE_READ, FUSE_WRITE, OBJ_GET, OBJ_PUT, OBJ_IN,
+             "cachefs_cache_hits_total", "cachefs_cache_misses_total")
+
+
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="live per-second view of a mount", description="Show a mount's activity "
+                       "every second: FUSE throughput, cache hits, object store requests, buffers.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between lines (default 1)")
+    p.add_argument("--count", type=int, default=0, help="stop after this many lines (default: run until ^C)")
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    from .metrics import parse_text
+    from .progress import human
+
+    path = os.path.join(a.mountpoint, ".stats")
+
+    def sample() -> dict[str, float]:
+        try:
+            with open(path) as f:
+                return parse_text(f.read())
+        except OSError as e:
+            raise ConfigError(f"{a.mountpoint} is not a mounted cachefs volume ({e.strerror})") from None
+
+    def total(s: dict[str, float], prefix: str) -> float:
+        return sum(v for k, v in s.items() if k.startswith(prefix))
+
+    prev = sample()
+    print(f"{'fuse ops':>9} {'read/s':>11} {'write/s':>11} {'cache hit':>9} {'GET/s':>7} {'PUT/s':>7} "
+          f"{'obj in/s':>11} {'buffer':>10} {'uploads':>7}")
+    n = 0
+    while a.count <= 0 or n < a.count:
+        time.sleep(a.interval)
+        cur = sample()
+        r = {key: (total(cur, key) - total(prev, key)) / a.interval for key in STAT_KEYS}
+        hits, misses = r["cachefs_cache_hits_total"], r["cachefs_cache_misses_total"]
+        ratio = f"{100 * hits / (hits + misses):.0f}%" if hits + misses else "-"
+        print(f"{r['cachefs_fuse_op_seconds_count']:9.0f} {human(r[FUSE_READ]):>11} {human(r[FUSE_WRITE]):>11} "
+              f"{ratio:>9} {r[OBJ_GET]:7.0f} {r[OBJ_PUT]:7.0f} {human(r[OBJ_IN]):>11} "
+              f"{human(cur.get('cachefs_buffer_used_bytes', 0)):>10} {cur.get('cachefs_pending_uploads', 0):7.0f}",
+              flush=True)
+        prev = cur
+        n += 1
+    return 0
+
+
 def _mount_of(path: str, read_state) -> dict:  # noqa: ANN001
     cur = path
     while True:
@@ -252,6 +424,8 @@ COMMANDS = {
     "status": (_add_status, cmd_status),
     "info": (_add_info, cmd_info),
     "clone": (_add_clone, cmd_clone),
+    "warmup": (_add_warmup, cmd_warmup),
+    "stats": (_add_stats, cmd_stats),
 }
 
 

@@ -38,6 +38,10 @@ class MountConfig:
     buffer_size: int = 300
     threads: int = 32
     log_file: str = ""
+    cache_dirs: list[str] = field(default_factory=lambda: ["/var/cache/cachefs"])
+    cache_size: int = 100 << 10  # MiB
+    free_space_ratio: float = 0.1
+    metrics: str = ""
 
 
 def check_mountpoint(path: str) -> str:
@@ -189,7 +193,8 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
 
     try:
         vol = Volume(cfg.meta_url, VolumeOptions(cfg.read_only, cfg.max_uploads, cfg.max_downloads,
-                                                 cfg.buffer_size << 20))
+                                                 cfg.buffer_size << 20, cfg.cache_dirs, cfg.cache_size << 20,
+                                                 cfg.free_space_ratio))
     except CachefsError as e:
         return fail(str(e))
     bg = None
@@ -205,6 +210,11 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
             pyfuse3.init(ops, cfg.mountpoint, opts)
         except RuntimeError as e:
             return fail(f"cannot mount at {cfg.mountpoint}: {e}")
+        if cfg.metrics:
+            try:
+                vol.metrics.serve(cfg.metrics)
+            except (OSError, ValueError) as e:
+                return fail(f"cannot serve metrics on {cfg.metrics}: {e}")
         bg.start()
         _write_state(cfg)
         log.info("mounted volume %s at %s (session %d)", vol.settings.name, cfg.mountpoint, vol.meta.sid)

@@ -17,6 +17,7 @@ import trio
 from cachefs.meta.types import Attr
 
 from .errors import errno_of
+from .internal import is_internal
 from .vfs import VFS, Ctx
 
 log = logging.getLogger("cachefs.fuse")
@@ -34,8 +35,9 @@ class Operations(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.dir_entry_timeout = dir_entry_timeout
-        self.op_count: dict[str, int] = {}
-        self.op_time: dict[str, float] = {}
+        self.latency = vfs.store.metrics.fuse_latency
+        self.read_bytes = vfs.store.metrics.fuse_bytes.labels("read")
+        self.write_bytes = vfs.store.metrics.fuse_bytes.labels("write")
 
     async def _run(self, op: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -50,8 +52,7 @@ class Operations(pyfuse3.Operations):
                 log.error("%s failed: %s", op, e, exc_info=not hasattr(e, "errno"))
             raise pyfuse3.FUSEError(err) from None
         finally:
-            self.op_count[op] = self.op_count.get(op, 0) + 1
-            self.op_time[op] = self.op_time.get(op, 0.0) + time.perf_counter() - start
+            self.latency.labels(op).observe(time.perf_counter() - start)
 
     def _entry(self, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -131,7 +132,7 @@ class Operations(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         fh = await self._run("open", self.vfs.open, inode, flags, self._ctx(ctx))
-        return pyfuse3.FileInfo(fh=fh)
+        return pyfuse3.FileInfo(fh=fh, direct_io=is_internal(inode))
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, ino, attr = await self._run("create", self.vfs.create, parent_inode, name, mode, flags,
@@ -139,10 +140,14 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh), self._entry(ino, attr)
 
     async def read(self, fh, off, size):
-        return await self._run("read", self.vfs.read, fh, off, size)
+        data = await self._run("read", self.vfs.read, fh, off, size)
+        self.read_bytes.inc(len(data))
+        return data
 
     async def write(self, fh, off, buf):
-        return await self._run("write", self.vfs.write, fh, off, buf)
+        n = await self._run("write", self.vfs.write, fh, off, buf)
+        self.write_bytes.inc(n)
+        return n
 
     async def flush(self, fh):
         await self._run("flush", self.vfs.flush, fh)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from cachefs.meta import BaseMeta
 from cachefs.meta.types import (
     CHUNK_SIZE,
+    ROOT_INODE,
     TYPE_DIR,
     TYPE_FILE,
     Attr,
@@ -24,6 +25,7 @@ from cachefs.meta.types import (
     type_from_mode,
 )
 
+from . import internal
 from .chunkstore import ChunkStore, SliceWriter
 from .errors import FSError, ObjectNotFound
 from .slices import Segment, covering, resolve
@@ -75,6 +77,7 @@ class Handle:
     flags: int
     state: FileState | None = None
     entries: list[tuple[bytes, int, Attr]] | None = None  # directory snapshot
+    special: internal.InternalFile | None = None
 
 
 class VFS:
@@ -88,6 +91,7 @@ class VFS:
         self._next_fh = itertools.count(1)
         self.compact_queue: set[tuple[int, int]] = set()
         self._compact_lock = threading.Lock()
+        self.control = internal.Control(meta, store)
         meta.is_open = self.is_open
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -116,15 +120,22 @@ class VFS:
 
     # ---- namespace ----------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
+        if parent == ROOT_INODE and name in internal.NAMES:
+            ino = internal.NAMES[name]
+            return ino, internal.attr(ino)
         ino, attr = self.meta.lookup(parent, name)
         return ino, self._with_length(ino, attr)
 
     def getattr(self, ino: int) -> Attr:
+        if internal.is_internal(ino):
+            return internal.attr(ino)
         return self._with_length(ino, self.meta.getattr(ino))
 
     def setattr(self, ino: int, ctx: Ctx = ROOT_CTX, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, atime: int | None = None, mtime: int | None = None,
                 length: int | None = None, fh: int | None = None) -> Attr:
+        if internal.is_internal(ino):
+            return internal.attr(ino)
         self._writable()
         fs = self._files.get(ino)
         if length is not None and fs is not None:
@@ -207,6 +218,13 @@ class VFS:
         return fs
 
     def open(self, ino: int, flags: int, ctx: Ctx = ROOT_CTX) -> int:
+        if internal.is_internal(ino):
+            if ino == internal.CONTROL_INODE and ctx.uid != 0:
+                raise FSError(errno.EACCES)
+            fh = next(self._next_fh)
+            self._handles[fh] = Handle(fh, ino, flags, special=internal.InternalFile(
+                ino, self.store.metrics.text, self.control))
+            return fh
         accmode = flags & os.O_ACCMODE
         if accmode != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
@@ -238,8 +256,10 @@ class VFS:
         return fh, ino, attr
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
-        self._writable()
         h = self._handle(fh)
+        if h.special is not None:
+            return h.special.write(offset, data)
+        self._writable()
         fs = h.state
         if fs is None or h.flags & os.O_ACCMODE == os.O_RDONLY:
             raise FSError(errno.EBADF)
@@ -326,6 +346,8 @@ class VFS:
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         h = self._handle(fh)
+        if h.special is not None:
+            return h.special.read(offset, size)
         fs = h.state
         if fs is None:
             raise FSError(errno.EBADF)

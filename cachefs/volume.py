@@ -3,12 +3,13 @@ the FUSE mount, the CLI and the Python API all share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cachefs.meta import BaseMeta, open_meta
 from cachefs.meta.types import Settings
 
 from .chunkstore import ChunkStore
+from .diskcache import DiskCache
 from .objects import ObjectStore, open_store
 from .vfs import VFS
 
@@ -19,6 +20,9 @@ class VolumeOptions:
     max_uploads: int = 16
     max_downloads: int = 16
     buffer_size: int = 300 << 20
+    cache_dirs: list[str] = field(default_factory=list)  # none: no disk cache
+    cache_size: int = 100 << 30
+    free_space_ratio: float = 0.1
 
 
 class Volume:
@@ -33,9 +37,15 @@ class Volume:
             self.meta.close_engine()
             raise
         o = self.options
+        self.metrics = self.objects.metrics
+        self.cache = None
+        if o.cache_dirs and o.cache_size > 0:
+            self.cache = DiskCache(o.cache_dirs, self.settings.uuid, o.cache_size, o.free_space_ratio,
+                                   self.metrics)
         self.chunks = ChunkStore(self.objects, self.settings.name, self.settings.block_size,
                                  self.settings.compression, o.max_uploads, o.max_downloads,
-                                 buffer_bytes=max(o.buffer_size // 2, self.settings.block_size * 4))
+                                 buffer_bytes=max(o.buffer_size, self.settings.block_size * 4),
+                                 cache=self.cache, metrics=self.metrics)
         self.vfs = VFS(self.meta, self.chunks, read_only=o.read_only)
 
     def close(self) -> None:

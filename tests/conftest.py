@@ -95,7 +95,8 @@ class Mounts:
         mp = path or str(self.tmp / f"mnt{next(_counter)}")
         os.makedirs(mp, exist_ok=True)
         log = str(self.tmp / f"mount{next(_counter)}.log")
-        defaults = ["--heartbeat", "0.5", "--session-timeout", "3", "--trash-delay", "0"]
+        defaults = ["--heartbeat", "0.5", "--session-timeout", "3", "--trash-delay", "0",
+                    "--cache-dir", str(self.tmp / f"cache{next(_counter)}")]
         res = run_cli("mount", url, mp, "--background", "--log", log, *defaults, *flags, check=False)
         if res.returncode != 0:
             raise AssertionError(f"mount failed: {res.stderr}\n{open(log).read() if os.path.exists(log) else ''}")

@@ -22,7 +22,7 @@ def exercise(store: ObjectStore) -> None:
     store.delete("v/chunks/0/0/1_0_3")  # missing is fine
     with pytest.raises(ObjectNotFound):
         store.get("v/chunks/0/0/1_0_3")
-    assert store.stats.requests["put"] == 2
+    assert store.metrics.value("cachefs_object_requests_total", op="put") == 2
 
 
 def test_file_store(tmp_path):
@@ -70,7 +70,7 @@ def test_transient_failures_retry_then_give_up():
     store = Flaky(3)
     store.put("k", b"1")
     assert store.get("k") == b"1"
-    assert store.stats.errors["put"] == 3
+    assert store.metrics.value("cachefs_object_errors_total", op="put") == 3
     store = Flaky(100)
     with pytest.raises(ObjectError, match="after 6 attempts"):
         store.put("k", b"1")

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from cachefs.errors import ObjectError
+from cachefs.errors import ObjectError, ObjectNotFound
+from cachefs.metrics import Metrics
 
 T = TypeVar("T")
 
 
 class Transient(Exception):
     """Raised by a backend for failures worth retrying (5xx, throttling, timeouts, resets)."""
-
-
-class Stats:
-    """Request counters per operation, for metrics and tests (GET counts after a remount)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[str, int] = {}
-        self.errors: dict[str, int] = {}
-        self.bytes: dict[str, int] = {}
-
-    def add(self, op: str, nbytes: int = 0, error: bool = False) -> None:
-        with self._lock:
-            self.requests[op] = self.requests.get(op, 0) + 1
-            self.bytes[op] = self.bytes.get(op, 0) + nbytes
-            if error:
-                self.errors[op] = self.errors.get(op, 0) + 1
 
 
 class ObjectStore(ABC):
@@ -44,26 +27,35 @@ class ObjectStore(ABC):
     max_delay = 5.0
 
     def __init__(self) -> None:
-        self.stats = Stats()
+        self.metrics = Metrics()
 
     def __str__(self) -> str:
         return self.kind
 
     def _retry(self, op: str, fn: Callable[[], T], nbytes: int = 0) -> T:
+        m = self.metrics
         delay = self.base_delay
         for attempt in range(1, self.max_attempts + 1):
+            start = time.perf_counter()
             try:
                 result = fn()
-                self.stats.add(op, nbytes if op != "get" else len(result) if isinstance(result, bytes) else 0)
+                m.object_requests.labels(op).inc()
+                m.object_latency.labels(op).observe(time.perf_counter() - start)
+                m.object_bytes.labels(op).inc(len(result) if isinstance(result, bytes) else nbytes)
                 return result
             except Transient as e:
-                self.stats.add(op, error=True)
+                m.object_requests.labels(op).inc()
+                m.object_errors.labels(op).inc()
                 if attempt == self.max_attempts:
                     raise ObjectError(f"{self} {op} failed after {attempt} attempts: {e}") from None
                 time.sleep(random.uniform(0, delay))
                 delay = min(self.max_delay, delay * 2)
+            except ObjectNotFound:
+                m.object_requests.labels(op).inc()
+                raise
             except ObjectError:
-                self.stats.add(op, error=True)
+                m.object_requests.labels(op).inc()
+                m.object_errors.labels(op).inc()
                 raise
         raise AssertionError("unreachable")
 

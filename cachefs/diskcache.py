@@ -1,0 +1,221 @@
+"""The local block cache on NVMe: one or more directories, blocks spread by hash, bounded by a
+size limit and a minimum free-space ratio, LRU eviction, crash-safe entries (written to a
+temporary name and renamed), an index rebuilt from disk at start, and directories that fail
+are dropped while the mount carries on.
+
+Entries hold blocks in their stored form (header with checksum), so the reader verifies them
+exactly like objects from the store.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import uuid
+import zlib
+from collections import OrderedDict
+
+from .metrics import Metrics
+
+log = logging.getLogger("cachefs.cache")
+_FATAL = {errno.EROFS, errno.EIO, errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENODEV, errno.EPERM}
+
+
+class CacheDir:
+    def __init__(self, root: str, volume_uuid: str) -> None:
+        self.root = os.path.abspath(root)
+        self.base = os.path.join(self.root, volume_uuid, "raw")
+        self.alive = True
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.base, key)
+
+
+class DiskCache:
+    def __init__(self, dirs: list[str], volume_uuid: str, capacity: int, free_ratio: float = 0.1,
+                 metrics: Metrics | None = None) -> None:
+        self.capacity = capacity
+        self.free_ratio = free_ratio
+        self.metrics = metrics or Metrics()
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[CacheDir, int]] = OrderedDict()  # LRU order
+        self.used = 0
+        self.dirs: list[CacheDir] = []
+        for d in dirs:
+            cd = CacheDir(d, volume_uuid)
+            try:
+                os.makedirs(cd.base, exist_ok=True)
+                self._scan(cd)
+            except OSError as e:
+                log.error("cache dir %s unusable, skipped: %s", d, e.strerror)
+                continue
+            self.dirs.append(cd)
+        self._publish()
+
+    def _scan(self, cd: CacheDir) -> None:
+        """Rebuild the index of one directory, oldest access first; torn temp files go away."""
+        found = []
+        for dirpath, _dirs, files in os.walk(cd.base):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                if ".tmp." in name:
+                    try:
+                        os.unlink(full)
+                    except OSError:
+                        pass
+                    continue
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    continue
+                found.append((st.st_atime, os.path.relpath(full, cd.base), st.st_size))
+        found.sort()
+        for _, key, size in found:
+            if key not in self._entries:
+                self._entries[key] = (cd, size)
+                self.used += size
+
+    def _publish(self) -> None:
+        self.metrics.cache_bytes.set(self.used)
+        self.metrics.cache_blocks.set(len(self._entries))
+        self.metrics.cache_dirs.set(sum(d.alive for d in self.dirs))
+
+    def _live(self) -> list[CacheDir]:
+        return [d for d in self.dirs if d.alive]
+
+    def _pick(self, key: str) -> CacheDir | None:
+        live = self._live()
+        if not live:
+            return None
+        return live[zlib.crc32(key.encode()) % len(live)]
+
+    def _fail(self, cd: CacheDir, e: OSError) -> None:
+        """Drop a directory that disappeared or stopped taking writes; forget its entries."""
+        if e.errno not in _FATAL or not cd.alive:
+            return
+        if e.errno == errno.ENOENT and os.path.isdir(cd.root) and os.path.isdir(cd.base):
+            return  # one entry vanished, the directory is fine
+        log.error("cache dir %s failed (%s): dropped, reading from the object store", cd.root, e.strerror)
+        cd.alive = False
+        with self._lock:
+            for key in [k for k, (d, _) in self._entries.items() if d is cd]:
+                _, size = self._entries.pop(key)
+                self.used -= size
+        self._publish()
+
+    def contains(self, key: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and entry[0].alive
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        if entry is None or not entry[0].alive:
+            self.metrics.cache_misses.inc()
+            return None
+        cd = entry[0]
+        try:
+            with open(cd.path(key), "rb") as f:
+                data = f.read()
+        except OSError as e:
+            self.metrics.cache_errors.inc()
+            self._forget(key)
+            self._fail(cd, e)
+            self.metrics.cache_misses.inc()
+            return None
+        self.metrics.cache_hits.inc()
+        self.metrics.cache_hit_bytes.inc(len(data))
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        cd = self._pick(key)
+        if cd is None or self.contains(key):
+            return
+        path = cd.path(key)
+        tmp = f"{path}.tmp.{uuid.uuid4().hex[:8]}"
+        try:
+            if not os.path.isdir(cd.root):
+                raise FileNotFoundError(errno.ENOENT, "cache dir is gone", cd.root)
+            try:
+                f = open(tmp, "wb")
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                f = open(tmp, "wb")
+            with f:
+                f.write(data)
+            os.rename(tmp, path)
+        except OSError as e:
+            self.metrics.cache_errors.inc()
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if e.errno == errno.ENOSPC:
+                self._evict(need=len(data) * 4)
+            self._fail(cd, e)
+            return
+        with self._lock:
+            self._entries[key] = (cd, len(data))
+            self.used += len(data)
+        self.metrics.cache_write_bytes.inc(len(data))
+        self._evict()
+        self._publish()
+
+    def _low_on_space(self, cd: CacheDir) -> bool:
+        try:
+            st = os.statvfs(cd.root)
+        except OSError:
+            return False
+        return st.f_bavail < st.f_blocks * self.free_ratio
+
+    def _evict(self, need: int = 0) -> None:
+        """Drop least recently used blocks until under the size limit and every live directory
+        keeps its minimum free space."""
+        while True:
+            with self._lock:
+                if not self._entries:
+                    return
+                over = self.used + need > self.capacity
+                victim_dir = None
+                if not over:
+                    victim_dir = next((d for d in self._live() if self._low_on_space(d)), None)
+                    if victim_dir is None:
+                        return
+                key = next((k for k, (d, _) in self._entries.items() if victim_dir in (None, d)), None)
+                if key is None:
+                    return
+                cd, size = self._entries.pop(key)
+                self.used -= size
+            need = max(0, need - size)
+            try:
+                os.unlink(cd.path(key))
+            except OSError:
+                pass
+            self.metrics.cache_evictions.inc()
+            self._publish()
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self.used -= entry[1]
+
+    def drop(self, key: str) -> None:
+        """Remove one entry (corrupt, or evicted on request)."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self.used -= entry[1]
+        if entry is not None:
+            try:
+                os.unlink(entry[0].path(key))
+            except OSError:
+                pass
+            self._publish()

@@ -1,0 +1,160 @@
+"""The local disk cache, warmup, metrics and stats on real mounts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.request
+
+import pytest
+
+from cachefs.metrics import parse_text
+
+from .conftest import run_cli
+from .servers import free_port
+
+pytestmark = pytest.mark.mount
+GET = 'cachefs_object_requests_total{op="get"}'
+
+
+def stats(mp: str) -> dict[str, float]:
+    with open(os.path.join(mp, ".stats")) as f:
+        return parse_text(f.read())
+
+
+def cache_files(cache: str) -> list[str]:
+    return [os.path.join(d, f) for d, _, fs in os.walk(cache) for f in fs]
+
+
+def drop_page_cache() -> None:
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def read_all(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture
+def vol(volumes):
+    return volumes.create("sqlite", "file")
+
+
+def test_remount_reads_from_cache_with_zero_gets(vol, mounts, tmp_path):
+    cache = str(tmp_path / "c")
+    mp = mounts.mount(vol, "--cache-dir", cache)
+    data = os.urandom(10 << 20)
+    open(os.path.join(mp, "f"), "wb").write(data)
+    run_cli("warmup", "--evict", os.path.join(mp, "f"))
+    assert read_all(os.path.join(mp, "f")) == data
+    assert stats(mp).get(GET, 0) == 3  # cold: three blocks fetched
+    assert ".stats" not in os.listdir(mp)
+    mounts.umount(mp)
+    drop_page_cache()
+    mp = mounts.mount(vol, "--cache-dir", cache, path=mp)
+    assert read_all(os.path.join(mp, "f")) == data
+    s = stats(mp)
+    assert s.get(GET, 0) == 0
+    assert s["cachefs_cache_hits_total"] == 3
+
+
+def test_flipped_byte_in_cache_is_refetched(vol, mounts, tmp_path):
+    cache = str(tmp_path / "c")
+    mp = mounts.mount(vol, "--cache-dir", cache)
+    data = os.urandom(5 << 20)
+    open(os.path.join(mp, "f"), "wb").write(data)
+    mounts.umount(mp)
+    victim = max(cache_files(cache), key=os.path.getsize)
+    raw = bytearray(open(victim, "rb").read())
+    raw[1000] ^= 0xFF
+    open(victim, "wb").write(raw)
+    drop_page_cache()
+    mp = mounts.mount(vol, "--cache-dir", cache, path=mp)
+    assert read_all(os.path.join(mp, "f")) == data
+    s = stats(mp)
+    assert s['cachefs_checksum_errors_total{source="cache"}'] == 1
+    assert s[GET] == 1
+    assert open(victim, "rb").read() != bytes(raw)  # replaced by a good copy
+
+
+def test_removed_cache_dir_is_dropped(vol, mounts, tmp_path):
+    cache = str(tmp_path / "c")
+    mp = mounts.mount(vol, "--cache-dir", cache)
+    data = os.urandom(5 << 20)
+    open(os.path.join(mp, "f"), "wb").write(data)
+    subprocess.run(["rm", "-rf", cache], check=True)
+    drop_page_cache()
+    assert read_all(os.path.join(mp, "f")) == data
+    open(os.path.join(mp, "g"), "wb").write(data)
+    assert read_all(os.path.join(mp, "g")) == data
+    assert stats(mp)["cachefs_cache_dirs"] == 0
+    assert not os.path.exists(cache)
+
+
+def test_read_only_cache_dir_is_dropped(vol, mounts, tmp_path):
+    cache = tmp_path / "ro"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(cache)], check=True)
+    try:
+        mp = mounts.mount(vol, "--cache-dir", str(cache))
+        open(os.path.join(mp, "a"), "wb").write(os.urandom(1 << 20))
+        subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
+        data = os.urandom(5 << 20)
+        open(os.path.join(mp, "f"), "wb").write(data)
+        drop_page_cache()
+        assert read_all(os.path.join(mp, "f")) == data
+        assert stats(mp)["cachefs_cache_dirs"] == 0
+        mounts.umount(mp)
+    finally:
+        subprocess.run(["umount", "-l", str(cache)])
+
+
+def test_two_dirs_and_size_limit(vol, mounts, tmp_path):
+    c1, c2 = str(tmp_path / "c1"), str(tmp_path / "c2")
+    mp = mounts.mount(vol, "--cache-dir", f"{c1}:{c2}", "--cache-size", "12")
+    for i in range(60):
+        open(os.path.join(mp, f"f{i}"), "wb").write(os.urandom(512 << 10))
+    s = stats(mp)
+    assert s["cachefs_cache_bytes"] <= 12 << 20
+    assert s["cachefs_cache_evictions_total"] >= 30
+    assert cache_files(c1) and cache_files(c2)
+    total = sum(os.path.getsize(f) for f in cache_files(c1) + cache_files(c2))
+    assert total <= 12 << 20
+
+
+def test_warmup_check_evict(vol, mounts, tmp_path, capfd):
+    mp = mounts.mount(vol)
+    os.makedirs(os.path.join(mp, "ds", "sub"))
+    files = {os.path.join(mp, "ds", n): os.urandom(3 << 20) for n in ("a", "b", "sub/c")}
+    for p, d in files.items():
+        open(p, "wb").write(d)
+    out = run_cli("warmup", "--evict", os.path.join(mp, "ds")).stdout
+    assert "evicted 3 files" in out
+    out = run_cli("warmup", "--check", os.path.join(mp, "ds")).stdout
+    assert "(0.0%)" in out
+    out = run_cli("warmup", "--threads", "4", os.path.join(mp, "ds")).stdout
+    assert "warmed up 3 files" in out and "9.0 MiB fetched" in out
+    assert "(100.0%)" in run_cli("warmup", "--check", os.path.join(mp, "ds")).stdout
+    before = stats(mp).get(GET, 0)
+    drop_page_cache()
+    for p, d in files.items():
+        assert read_all(p) == d
+    assert stats(mp).get(GET, 0) == before
+    res = run_cli("warmup", os.path.join(mp, "nope"), check=False)
+    assert res.returncode == 1 and "No such file" in res.stderr
+
+
+def test_metrics_endpoint_and_stats_command(vol, mounts):
+    port = free_port()
+    mp = mounts.mount(vol, "--metrics", f"127.0.0.1:{port}")
+    open(os.path.join(mp, "f"), "wb").write(os.urandom(1 << 20))
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    for name in ("cachefs_cache_hits_total", 'cachefs_object_requests_total{op="put"}',
+                 "cachefs_fuse_op_seconds_bucket", "cachefs_buffer_used_bytes", "cachefs_pending_uploads",
+                 "cachefs_object_request_seconds_bucket", "cachefs_cache_evictions_total"):
+        assert name in body
+    out = run_cli("stats", mp, "--interval", "0.2", "--count", "2").stdout.splitlines()
+    assert len(out) == 3 and "cache hit" in out[0]
+    res = run_cli("stats", "/tmp", "--count", "1", check=False)
+    assert res.returncode == 1 and "not a mounted cachefs volume" in res.stderr
