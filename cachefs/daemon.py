@@ -174,6 +174,20 @@ def mount(cfg: MountConfig, background: bool) -> int:
         os._exit(code)
 
 
+def _tune_malloc() -> None:
+    """Return freed block buffers to the OS at once: glibc otherwise raises its mmap threshold
+    after the first large free and keeps later 4 MiB buffers in its heaps, so RSS would drift
+    far above the --buffer-size the mount is told to respect."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD (fixed, which also stops its adjustment)
+        libc.mallopt(-8, 4)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
     import pyfuse3
     import trio
@@ -191,6 +205,7 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
             print(f"cachefs mount: {msg}", file=sys.stderr)
         return 1
 
+    _tune_malloc()
     try:
         vol = Volume(cfg.meta_url, VolumeOptions(cfg.read_only, cfg.max_uploads, cfg.max_downloads,
                                                  cfg.buffer_size << 20, cfg.cache_dirs, cfg.cache_size << 20,

@@ -132,7 +132,7 @@ class Operations(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         fh = await self._run("open", self.vfs.open, inode, flags, self._ctx(ctx))
-        return pyfuse3.FileInfo(fh=fh, direct_io=is_internal(inode))
+        return pyfuse3.FileInfo(fh=fh, direct_io=is_internal(inode), keep_cache=self.vfs.keep_cache(fh))
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, ino, attr = await self._run("create", self.vfs.create, parent_inode, name, mode, flags,

@@ -67,7 +67,6 @@ class FileState:
     active: dict[int, Pending] = field(default_factory=dict)
     segments: dict[int, list[Segment]] = field(default_factory=dict)
     committed: dict[int, int] = field(default_factory=dict)  # slices added per chunk since open
-    last_read_end: int = -1
 
 
 @dataclass
@@ -78,6 +77,9 @@ class Handle:
     state: FileState | None = None
     entries: list[tuple[bytes, int, Attr]] | None = None  # directory snapshot
     special: internal.InternalFile | None = None
+    keep_cache: bool = False  # the kernel's pages of this file are still valid at this open
+    read_end: int = 0  # where the last read of this handle ended
+    window: int = 0  # readahead bytes; grows while this handle reads sequentially
 
 
 class VFS:
@@ -92,6 +94,8 @@ class VFS:
         self.compact_queue: set[tuple[int, int]] = set()
         self._compact_lock = threading.Lock()
         self.control = internal.Control(meta, store)
+        self.max_readahead = max(store.block_size, store.buffer.capacity // 4)
+        self._seen: dict[int, tuple[int, int]] = {}  # ino -> (mtime, length) at its last close here
         meta.is_open = self.is_open
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -242,8 +246,14 @@ class VFS:
         if flags & os.O_TRUNC and attr.length:
             self.setattr(ino, length=0)
         fh = next(self._next_fh)
-        self._handles[fh] = Handle(fh, ino, flags, fs)
+        keep = self._seen.get(ino) == (attr.mtime, attr.length) and not flags & os.O_TRUNC
+        self._handles[fh] = Handle(fh, ino, flags, fs, keep_cache=keep)
         return fh
+
+    def keep_cache(self, fh: int) -> bool:
+        """Whether the kernel may keep its cached pages for this open (file unchanged since)."""
+        h = self._handles.get(fh)
+        return h is not None and h.keep_cache
 
     def create(self, parent: int, name: bytes, mode: int, flags: int,
                ctx: Ctx = ROOT_CTX) -> tuple[int, int, Attr]:
@@ -367,10 +377,7 @@ class VFS:
                 m = min(CHUNK_SIZE - cpos, end - pos)
                 self._read_chunk(fs, indx, cpos, m, out, pos - offset)
                 pos += m
-            sequential = offset == fs.last_read_end
-            fs.last_read_end = end
-            if sequential:
-                self._prefetch(fs, end)
+            self._readahead(h, fs, offset, end)
         return bytes(out)
 
     def _read_chunk(self, fs: FileState, indx: int, cpos: int, m: int, out: bytearray, at: int) -> None:
@@ -386,19 +393,28 @@ class VFS:
                 if attempt:
                     raise FSError(errno.EIO, "block missing from the object store") from None
 
-    def _prefetch(self, fs: FileState, end: int) -> None:
-        """Warm the next blocks of a sequential reader."""
-        if end >= fs.length:
-            return
-        indx, cpos = divmod(end, CHUNK_SIZE)
-        segs = fs.segments.get(indx)
-        if not segs:
-            return
+    def _readahead(self, h: Handle, fs: FileState, offset: int, end: int) -> None:
+        """Fetch ahead of a sequential reader, with a window that doubles while the reader stays
+        sequential (up to a quarter of the read buffer); a random reader gets none."""
         bs = self.store.block_size
-        for g in covering(segs, cpos, min(2 * bs, CHUNK_SIZE - cpos)):
-            first, last = g.off // bs, (g.off + g.len - 1) // bs
-            for i in range(first, last + 1):
-                self.store.prefetch(g.id, g.size, i)
+        if offset == h.read_end:
+            h.window = min(max(bs, h.window * 2), self.max_readahead)
+        else:
+            h.window = 0
+        h.read_end = end
+        if not h.window or end >= fs.length:
+            return
+        pos, stop = end, min(fs.length, end + h.window)
+        while pos < stop:
+            indx, cpos = divmod(pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - cpos, stop - pos)
+            segs = fs.segments.get(indx)
+            if segs is None:
+                segs = self._segments(fs, indx)
+            for g in covering(segs, cpos, n):
+                for i in range(g.off // bs, (g.off + g.len - 1) // bs + 1):
+                    self.store.prefetch(g.id, g.size, i)
+            pos += n
 
     def flush(self, fh: int) -> None:
         h = self._handle(fh)
@@ -437,6 +453,18 @@ class VFS:
                     self._files.pop(fs.ino, None)
             if last:
                 self.meta.close(fs.ino)
+                self._remember(fs.ino)
+
+    def _remember(self, ino: int) -> None:
+        """Record what the file looked like when this client last closed it."""
+        try:
+            attr = self.meta.getattr(ino)
+        except FSError:
+            self._seen.pop(ino, None)
+            return
+        if len(self._seen) > 100_000:
+            self._seen.clear()
+        self._seen[ino] = (attr.mtime, attr.length)
 
     # ---- the rest ----------------------------------------------------------------------------
     def statfs(self) -> tuple[int, int, int, int]:
