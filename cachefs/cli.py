@@ -354,6 +354,23 @@ def cmd_warmup(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="quick performance check of a directory", description="Write and read a "
+                       "big file, write and read small files, stat them, and print a result table.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--big-file-size", type=int, default=1024, help="MiB per big file (default 1024)")
+    p.add_argument("--small-file-size", type=int, default=128, help="KiB per small file (default 128)")
+    p.add_argument("--small-file-count", type=int, default=100, help="small files per thread (default 100)")
+    p.add_argument("--threads", "-p", type=int, default=1, help="parallel workers (default 1)")
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .benchcmd import run, table
+
+    print(table(run(a.path, a.big_file_size, a.small_file_size, a.small_file_count, a.threads)))
+    return 0
+
+
 FUSE_READ = 'cachefs_fuse_bytes_total{op="read"}'
 FUSE_WRITE = 'cachefs_fuse_bytes_total{op="write"}'
 OBJ_GET = 'cachefs_object_requests_total{op="get"}'
@@ -426,6 +443,7 @@ COMMANDS = {
     "clone": (_add_clone, cmd_clone),
     "warmup": (_add_warmup, cmd_warmup),
     "stats": (_add_stats, cmd_stats),
+    "bench": (_add_bench, cmd_bench),
 }
 
 

@@ -158,3 +158,14 @@ def test_metrics_endpoint_and_stats_command(vol, mounts):
     assert len(out) == 3 and "cache hit" in out[0]
     res = run_cli("stats", "/tmp", "--count", "1", check=False)
     assert res.returncode == 1 and "not a mounted cachefs volume" in res.stderr
+
+
+def test_bench_command_smoke(vol, mounts):
+    mp = mounts.mount(vol)
+    out = run_cli("bench", mp, "--big-file-size", "8", "--small-file-size", "16", "--small-file-count", "20",
+                  "--threads", "2").stdout
+    for item in ("write big file", "read big file", "write small files", "read small files", "stat files"):
+        assert item in out
+    assert os.listdir(mp) == []  # cleaned up
+    res = run_cli("bench", os.path.join(mp, "missing"), check=False)
+    assert res.returncode == 1 and "not a directory" in res.stderr
