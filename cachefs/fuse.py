@@ -39,7 +39,13 @@ class Operations(pyfuse3.Operations):
         self.read_bytes = vfs.store.metrics.fuse_bytes.labels("read")
         self.write_bytes = vfs.store.metrics.fuse_bytes.labels("write")
 
+    # set by the mount process: work that must wait until the kernel finished its INIT handshake
+    after_init: Callable[[], None] | None = None
+
     async def _run(self, op: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.after_init is not None:
+            hook, self.after_init = self.after_init, None
+            hook()
         start = time.perf_counter()
         try:
             return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),

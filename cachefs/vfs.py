@@ -370,28 +370,47 @@ class VFS:
             if offset >= length or size <= 0:
                 return b""
             n = min(size, length - offset)
-            out = bytearray(n)
+            pieces = []  # (chunk index, offset in chunk, length, offset in the answer)
             pos, end = offset, offset + n
             while pos < end:
                 indx, cpos = divmod(pos, CHUNK_SIZE)
                 m = min(CHUNK_SIZE - cpos, end - pos)
-                self._read_chunk(fs, indx, cpos, m, out, pos - offset)
+                pieces.append((indx, cpos, m, pos - offset))
+                self._segments(fs, indx)
                 pos += m
             self._readahead(h, fs, offset, end)
-        return bytes(out)
-
-    def _read_chunk(self, fs: FileState, indx: int, cpos: int, m: int, out: bytearray, at: int) -> None:
+        # the fetches run without the file's lock, so the kernel's parallel reads overlap
         for attempt in (0, 1):
             try:
-                for g in covering(self._segments(fs, indx, refresh=attempt > 0), cpos, m):
-                    data = self.store.read(g.id, g.size, g.off, g.len)
-                    start = at + g.pos - cpos
-                    out[start : start + g.len] = data
-                return
+                return self._fetch(fs, pieces, n, refresh=attempt > 0)
             except ObjectNotFound:
-                # a compaction may have retired the slices we resolved: re-read the chunk once
+                # a compaction may have retired the slices we resolved: resolve the chunks again
                 if attempt:
                     raise FSError(errno.EIO, "block missing from the object store") from None
+        raise AssertionError("unreachable")
+
+    def _fetch(self, fs: FileState, pieces: list[tuple[int, int, int, int]], n: int, refresh: bool) -> bytes:
+        parts = []
+        for indx, cpos, m, at in pieces:
+            if refresh:
+                with fs.lock:
+                    segs = self._segments(fs, indx, refresh=True)
+            else:
+                segs = fs.segments.get(indx)
+                if segs is None:
+                    with fs.lock:
+                        segs = self._segments(fs, indx)
+            parts.append((cpos, m, at, covering(segs, cpos, m)))
+        if len(parts) == 1 and len(parts[0][3]) == 1:
+            cpos, m, _at, (g,) = parts[0]
+            if g.pos == cpos and g.len == m:  # one slice covers the whole answer
+                return self.store.read(g.id, g.size, g.off, g.len)
+        out = bytearray(n)
+        for cpos, _m, at, segs in parts:
+            for g in segs:
+                start = at + g.pos - cpos
+                out[start : start + g.len] = self.store.read(g.id, g.size, g.off, g.len)
+        return bytes(out)
 
     def _readahead(self, h: Handle, fs: FileState, offset: int, end: int) -> None:
         """Fetch ahead of a sequential reader, with a window that doubles while the reader stays
