@@ -67,6 +67,7 @@ class FileState:
     active: dict[int, Pending] = field(default_factory=dict)
     segments: dict[int, list[Segment]] = field(default_factory=dict)
     committed: dict[int, int] = field(default_factory=dict)  # slices added per chunk since open
+    seen: tuple[int, int] = (0, 0)  # (mtime, length) as this client last knew them
 
 
 @dataclass
@@ -149,6 +150,7 @@ class VFS:
                                          length=length)
                 fs.length = attr.length
                 fs.segments.clear()
+                fs.seen = (attr.mtime, attr.length)
                 return attr
         return self.meta.setattr(ino, mode=mode, uid=uid, gid=gid, atime=atime, mtime=mtime, length=length)
 
@@ -217,7 +219,7 @@ class VFS:
         with self._files_lock:
             fs = self._files.get(ino)
             if fs is None:
-                fs = self._files[ino] = FileState(ino, attr.length)
+                fs = self._files[ino] = FileState(ino, attr.length, seen=(attr.mtime, attr.length))
             fs.opens += 1
         return fs
 
@@ -243,6 +245,7 @@ class VFS:
                 # close-to-open: what other clients committed before this open is visible now
                 fs.length = attr.length
                 fs.segments.clear()
+                fs.seen = (attr.mtime, attr.length)
         if flags & os.O_TRUNC and attr.length:
             self.setattr(ino, length=0)
         fh = next(self._next_fh)
@@ -326,6 +329,7 @@ class VFS:
             self._discard(pending, sizes)
             raise
         fs.length = attr.length
+        fs.seen = (attr.mtime, attr.length)
         fs.pending, fs.active = [], {}
         for indx, _ in records:
             fs.segments.pop(indx, None)
@@ -455,6 +459,7 @@ class VFS:
             attr = self.meta.fallocate(fs.ino, mode, offset, length)
             fs.length = attr.length
             fs.segments.clear()
+            fs.seen = (attr.mtime, attr.length)
 
     def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
@@ -472,18 +477,9 @@ class VFS:
                     self._files.pop(fs.ino, None)
             if last:
                 self.meta.close(fs.ino)
-                self._remember(fs.ino)
-
-    def _remember(self, ino: int) -> None:
-        """Record what the file looked like when this client last closed it."""
-        try:
-            attr = self.meta.getattr(ino)
-        except FSError:
-            self._seen.pop(ino, None)
-            return
-        if len(self._seen) > 100_000:
-            self._seen.clear()
-        self._seen[ino] = (attr.mtime, attr.length)
+                if len(self._seen) > 100_000:
+                    self._seen.clear()
+                self._seen[fs.ino] = fs.seen
 
     # ---- the rest ----------------------------------------------------------------------------
     def statfs(self) -> tuple[int, int, int, int]:

@@ -96,6 +96,7 @@ class BaseMeta(ABC):
         self._alloc_lock = threading.Lock()
         self._alloc: dict[str, tuple[int, int]] = {}
         self.settings: Settings | None = None
+        self._sustaining: set[int] = set()  # inodes this client keeps alive for its open handles
 
     # ---- engine hooks -------------------------------------------------------------------
     @abstractmethod
@@ -225,8 +226,6 @@ class BaseMeta(ABC):
                 return up, attr
             entry = tx.get_entry(parent, name)
             if entry is None:
-                if tx.get_attr(parent) is None:
-                    raise FSError(errno.ENOENT)
                 raise FSError(errno.ENOENT)
             attr = tx.get_attr(entry[0])
             if attr is None:
@@ -331,6 +330,7 @@ class BaseMeta(ABC):
         if attr.type == TYPE_FILE and self.is_open(ino):
             tx.set_attr(ino, attr)
             tx.add_sustained(self.sid, ino)
+            self._sustaining.add(ino)
             return
         self._delete_inode(tx, ino, attr)
 
@@ -718,6 +718,9 @@ class BaseMeta(ABC):
     # ---- open files and sessions --------------------------------------------------------
     def close(self, ino: int) -> None:
         """The last handle of ino on this client closed: reclaim it if it lost all its names."""
+        if ino not in self._sustaining:
+            return  # only an inode this client kept alive can be waiting for this close
+        self._sustaining.discard(ino)
 
         def fn(tx: Tx) -> None:
             attr = tx.get_attr(ino)
