@@ -98,10 +98,9 @@ class ChunkStore:
 
         def run() -> None:
             try:
-                stored = encode_block(data, self.compression)
-                self.store.put(key, stored)
+                self.store.put(key, encode_block(data, self.compression))
                 if self.cache is not None:
-                    self.cache.put(key, stored)
+                    self.cache.put(key, data)
             finally:
                 self._track_upload(-1, -len(data))
                 self._upload_slots.release()
@@ -151,14 +150,13 @@ class ChunkStore:
     def _load(self, key: str, length: int) -> bytes:
         """A block from the disk cache (verified) or else the object store (verified, cached)."""
         if self.cache is not None:
-            raw = self.cache.get(key)
-            if raw is not None:
-                try:
-                    return decode_block(raw, length, key)
-                except ChecksumError as e:
-                    self.metrics.checksum_errors.labels("cache").inc()
-                    self.cache.drop(key)
-                    log.warning("%s in the disk cache: dropped, fetching again", e)
+            try:
+                data = self.cache.get(key)
+            except ChecksumError as e:
+                self._cache_damaged(key, e)
+                data = None
+            if data is not None:
+                return data
         raw = self.store.get(key)
         try:
             data = decode_block(raw, length, key)
@@ -166,22 +164,39 @@ class ChunkStore:
             self.metrics.checksum_errors.labels("object").inc()
             raise
         if self.cache is not None:
-            self.cache.put(key, raw)
+            self.cache.put(key, data)
         return data
 
+    def _cache_damaged(self, key: str, e: ChecksumError) -> None:
+        self.metrics.checksum_errors.labels("cache").inc()
+        self.cache.drop(key)
+        log.warning("%s: dropped, fetching again", e)
+
     def read(self, slice_id: int, slice_size: int, off: int, n: int) -> bytes:
-        """Bytes [off, off+n) of a slice, fetching its blocks in parallel."""
+        """Bytes [off, off+n) of a slice, fetching its blocks in parallel. A small read of a block
+        that is not in memory reads just its segments from the disk cache."""
         bs = self.block_size
         first, last = off // bs, (off + n - 1) // bs
-        if first == last:
-            blocks = [self.get_block(slice_id, slice_size, first)]
-        else:
-            futs = [self._downloads.submit(self.get_block, slice_id, slice_size, i)
-                    for i in range(first + 1, last + 1)]
-            blocks = [self.get_block(slice_id, slice_size, first)] + [f.result() for f in futs]
         start = off - first * bs
-        if len(blocks) == 1:
-            return blocks[0][start : start + n]
+        if first == last:
+            length = min(bs, slice_size - first * bs)
+            key = self.key(slice_id, first, length)
+            block = self.buffer.get(key)
+            if block is None and self.cache is not None and n <= bs // 8:
+                try:
+                    data = self.cache.read_range(key, start, n)
+                except ChecksumError as e:
+                    self._cache_damaged(key, e)
+                    data = None
+                if data is not None:
+                    return data
+            if block is None:
+                block = self.get_block(slice_id, slice_size, first)
+            else:
+                self.metrics.buffer_hits.inc()
+            return block[start : start + n]
+        futs = [self._downloads.submit(self.get_block, slice_id, slice_size, i) for i in range(first + 1, last + 1)]
+        blocks = [self.get_block(slice_id, slice_size, first)] + [f.result() for f in futs]
         return b"".join(blocks)[start : start + n]
 
     def prefetch(self, slice_id: int, slice_size: int, index: int) -> None:

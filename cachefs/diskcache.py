@@ -3,8 +3,8 @@ size limit and a minimum free-space ratio, LRU eviction, crash-safe entries (wri
 temporary name and renamed), an index rebuilt from disk at start, and directories that fail
 are dropped while the mount carries on.
 
-Entries hold blocks in their stored form (header with checksum), so the reader verifies them
-exactly like objects from the store.
+An entry holds a block's plain bytes after a table of xxh64 checksums, one per 64 KiB segment,
+so a small random read loads and verifies only the segments it needs, never wrong bytes.
 """
 
 from __future__ import annotations
@@ -12,15 +12,47 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import struct
 import threading
 import uuid
 import zlib
 from collections import OrderedDict
 
+import xxhash
+
+from .errors import ChecksumError
 from .metrics import Metrics
+
+MAGIC = b"CFC1"
+HEADER = struct.Struct("<4sII")  # magic, plain length, segment size
+SEGMENT = 64 << 10
 
 log = logging.getLogger("cachefs.cache")
 _FATAL = {errno.EROFS, errno.EIO, errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENODEV, errno.EPERM}
+
+
+def encode_entry(plain: bytes) -> bytes:
+    sums = b"".join(struct.pack("<Q", xxhash.xxh64_intdigest(plain[i : i + SEGMENT]))
+                    for i in range(0, len(plain), SEGMENT))
+    return HEADER.pack(MAGIC, len(plain), SEGMENT) + sums + plain
+
+
+def _layout(head: bytes, key: str) -> tuple[int, int, int]:
+    """(plain length, segment size, offset of the data) of an entry, or ChecksumError."""
+    if len(head) < HEADER.size:
+        raise ChecksumError(f"cache entry {key}: truncated")
+    magic, length, seg = HEADER.unpack_from(head)
+    if magic != MAGIC or seg <= 0:
+        raise ChecksumError(f"cache entry {key}: bad header")
+    nseg = (length + seg - 1) // seg
+    return length, seg, HEADER.size + 8 * nseg
+
+
+def _verify(data: bytes, sums: bytes, first_seg: int, seg: int, key: str) -> None:
+    for i in range(0, len(data), seg):
+        want = struct.unpack_from("<Q", sums, (first_seg + i // seg) * 8)[0]
+        if xxhash.xxh64_intdigest(data[i : i + seg]) != want:
+            raise ChecksumError(f"cache entry {key}: checksum mismatch")
 
 
 class CacheDir:
@@ -110,7 +142,7 @@ class DiskCache:
             entry = self._entries.get(key)
             return entry is not None and entry[0].alive
 
-    def get(self, key: str) -> bytes | None:
+    def _open(self, key: str):  # noqa: ANN202 - (file, dir) or None
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -120,19 +152,69 @@ class DiskCache:
             return None
         cd = entry[0]
         try:
-            with open(cd.path(key), "rb") as f:
-                data = f.read()
+            return open(cd.path(key), "rb"), cd
         except OSError as e:
-            self.metrics.cache_errors.inc()
-            self._forget(key)
-            self._fail(cd, e)
-            self.metrics.cache_misses.inc()
+            self._broken(key, cd, e)
             return None
+
+    def _broken(self, key: str, cd: CacheDir, e: OSError) -> None:
+        self.metrics.cache_errors.inc()
+        self._forget(key)
+        self._fail(cd, e)
+        self.metrics.cache_misses.inc()
+
+    def get(self, key: str) -> bytes | None:
+        """A whole block's plain bytes, verified; None on a miss; ChecksumError if damaged."""
+        opened = self._open(key)
+        if opened is None:
+            return None
+        f, cd = opened
+        try:
+            with f:
+                raw = f.read()
+        except OSError as e:
+            self._broken(key, cd, e)
+            return None
+        length, seg, start = _layout(raw, key)
+        data = raw[start:]
+        if len(data) != length:
+            raise ChecksumError(f"cache entry {key}: truncated")
+        _verify(data, raw[HEADER.size : start], 0, seg, key)
         self.metrics.cache_hits.inc()
-        self.metrics.cache_hit_bytes.inc(len(data))
+        self.metrics.cache_hit_bytes.inc(length)
         return data
 
-    def put(self, key: str, data: bytes) -> None:
+    def read_range(self, key: str, offset: int, n: int) -> bytes | None:
+        """Bytes [offset, offset+n) of a block, reading and verifying only the segments they
+        touch; None on a miss; ChecksumError if damaged."""
+        opened = self._open(key)
+        if opened is None:
+            return None
+        f, cd = opened
+        try:
+            with f:
+                head = f.read(HEADER.size)
+                length, seg, start = _layout(head, key)
+                if offset + n > length:
+                    raise ChecksumError(f"cache entry {key}: shorter than asked")
+                first, last = offset // seg, (offset + n - 1) // seg
+                sums = head + f.read(start - HEADER.size)
+                f.seek(start + first * seg)
+                data = f.read(min(length, (last + 1) * seg) - first * seg)
+        except OSError as e:
+            self._broken(key, cd, e)
+            return None
+        if len(data) != min(length, (last + 1) * seg) - first * seg:
+            raise ChecksumError(f"cache entry {key}: truncated")
+        _verify(data, sums[HEADER.size :], first, seg, key)
+        self.metrics.cache_hits.inc()
+        self.metrics.cache_hit_bytes.inc(n)
+        skip = offset - first * seg
+        return data[skip : skip + n]
+
+    def put(self, key: str, plain: bytes) -> None:
+        """Keep a (verified) block's plain bytes."""
+        data = encode_entry(plain)
         if len(data) > self.capacity:
             return
         cd = self._pick(key)

@@ -38,6 +38,7 @@ class Operations(pyfuse3.Operations):
         self.latency = vfs.store.metrics.fuse_latency
         self.read_bytes = vfs.store.metrics.fuse_bytes.labels("read")
         self.write_bytes = vfs.store.metrics.fuse_bytes.labels("write")
+        self._internal_fhs: set[int] = set()
 
     # set by the mount process: work that must wait until the kernel finished its INIT handshake
     after_init: Callable[[], None] | None = None
@@ -138,6 +139,8 @@ class Operations(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         fh = await self._run("open", self.vfs.open, inode, flags, self._ctx(ctx))
+        if is_internal(inode):
+            self._internal_fhs.add(fh)  # their bytes are not file data: kept out of the metrics
         return pyfuse3.FileInfo(fh=fh, direct_io=is_internal(inode), keep_cache=self.vfs.keep_cache(fh))
 
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -147,7 +150,8 @@ class Operations(pyfuse3.Operations):
 
     async def read(self, fh, off, size):
         data = await self._run("read", self.vfs.read, fh, off, size)
-        self.read_bytes.inc(len(data))
+        if fh not in self._internal_fhs:
+            self.read_bytes.inc(len(data))
         return data
 
     async def write(self, fh, off, buf):
@@ -159,6 +163,7 @@ class Operations(pyfuse3.Operations):
         await self._run("flush", self.vfs.flush, fh)
 
     async def release(self, fh):
+        self._internal_fhs.discard(fh)
         await self._run("release", self.vfs.release, fh)
 
     async def fsync(self, fh, datasync):

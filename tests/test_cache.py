@@ -169,3 +169,23 @@ def test_bench_command_smoke(vol, mounts):
     assert os.listdir(mp) == []  # cleaned up
     res = run_cli("bench", os.path.join(mp, "missing"), check=False)
     assert res.returncode == 1 and "not a directory" in res.stderr
+
+
+def test_page_cache_kept_while_unchanged(vol, mounts):
+    url = vol
+    mp = mounts.mount(url, "--attr-cache", "0.1", "--entry-cache", "0.1")
+    other = mounts.mount(url)
+    path = os.path.join(mp, "f")
+    open(path, "wb").write(os.urandom(2 << 20))
+    drop_page_cache()
+    read_all(path)
+    reads = stats(mp)['cachefs_fuse_bytes_total{op="read"}']
+    assert read_all(path)  # unchanged: served from the kernel's page cache
+    assert stats(mp)['cachefs_fuse_bytes_total{op="read"}'] == reads
+    new = os.urandom(2 << 20)
+    open(os.path.join(other, "f"), "wb").write(new)  # changed on another mount
+    import time
+
+    time.sleep(0.3)
+    assert read_all(path) == new
+    assert stats(mp)['cachefs_fuse_bytes_total{op="read"}'] > reads

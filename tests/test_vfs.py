@@ -152,3 +152,55 @@ def test_read_only(tmp_path):
         v.vfs.mkdir(ROOT_INODE, b"d", 0o755)
     assert e.value.errno == errno.EROFS
     v.close()
+
+
+def test_concurrent_reads_of_one_block_share_one_fetch(vol):
+    import threading
+    import time
+
+    fh, ino = create(vol)
+    vol.vfs.write(fh, 0, os.urandom(200_000))
+    vol.vfs.release(fh)
+    store = vol.objects
+    real_get = store._get
+
+    def slow_get(key):
+        time.sleep(0.2)
+        return real_get(key)
+
+    store._get = slow_get
+    vol.chunks.buffer = type(vol.chunks.buffer)(vol.chunks.buffer.capacity)
+    before = store.metrics.value("cachefs_object_requests_total", op="get")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(vol.chunks.get_block(1, 200_000, 0)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8 and len(set(results)) == 1
+    assert store.metrics.value("cachefs_object_requests_total", op="get") - before == 1
+
+
+def test_readahead_grows_for_sequential_and_stays_off_for_random(vol):
+    fh, ino = create(vol)
+    vol.vfs.write(fh, 0, os.urandom(3 << 20))  # 48 blocks of 64 KiB
+    vol.vfs.release(fh)
+    metrics = vol.chunks.metrics
+    fh = vol.vfs.open(ino, os.O_RDONLY)
+    rng = random.Random(1)
+    for _ in range(20):
+        vol.vfs.read(fh, rng.randrange(0, 3 << 20, 4096), 4096)
+    assert metrics.value("cachefs_prefetch_blocks_total") == 0
+    h = vol.vfs._handles[fh]
+    windows = []
+    for off in range(0, 1 << 20, 128 << 10):
+        vol.vfs.read(fh, off, 128 << 10)
+        windows.append(h.window)
+    assert windows == sorted(windows) and windows[-1] > windows[0]
+    import time
+
+    deadline = time.time() + 5
+    while metrics.value("cachefs_prefetch_blocks_total") == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    assert metrics.value("cachefs_prefetch_blocks_total") > 0
