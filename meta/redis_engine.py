@@ -7,6 +7,7 @@ whole operation. The key layout lives in redis_schema.py.
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import time
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from cachefs.errors import ConfigError, MetaError
+from cachefs.errors import ConfigError, FSError, MetaError
 
 from .engine import BaseMeta
 from .redis_schema import ENTRY, VOLUME_POINTER, Keys
@@ -182,6 +183,16 @@ class RedisTx:
         self._op(lambda p: p.srem(self.k.sustained(sid), ino))
 
 
+# One round trip for the commonest metadata request: the entry and the attributes it points to
+# (both keys carry the volume's hash tag, so they live in one Cluster slot).
+LOOKUP_SCRIPT = """
+local e = redis.call('HGET', KEYS[1], ARGV[1])
+if not e then return false end
+local ino = struct.unpack('<I8', e)
+return {e, redis.call('GET', ARGV[2] .. string.format('%d', ino))}
+"""
+
+
 def _pair(member: bytes) -> tuple[int, int]:
     a, b = member.split(b":")
     return int(a), int(b)
@@ -211,6 +222,15 @@ class RedisMeta(BaseMeta):
         except redis.ResponseError as e:
             raise MetaError(f"Redis at {self.where}: {e}") from None
         self.k = Keys(name.decode() if name else "unformatted")
+        self._lookup = self.r.register_script(LOOKUP_SCRIPT)
+
+    def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
+        if name in (b".", b"..") or len(name) > 255:
+            return super().lookup(parent, name)
+        found = self._call(lambda: self._lookup(keys=[self.k.dir(parent)], args=[name, self.k.attr(0)[:-1]]))
+        if not found or not found[1]:
+            raise FSError(errno.ENOENT)
+        return ENTRY.unpack(found[0])[0], Attr.unpack(found[1])
 
     def _check_eviction(self) -> None:
         try:
