@@ -14,13 +14,13 @@ import logging
 import os
 import struct
 import threading
-import uuid
 import zlib
 from collections import OrderedDict
 
 import xxhash
 
 from .errors import ChecksumError
+from .fileutil import write_atomic
 from .metrics import Metrics
 
 MAGIC = b"CFC1"
@@ -220,25 +220,12 @@ class DiskCache:
         cd = self._pick(key)
         if cd is None or self.contains(key):
             return
-        path = cd.path(key)
-        tmp = f"{path}.tmp.{uuid.uuid4().hex[:8]}"
         try:
             if not os.path.isdir(cd.root):
                 raise FileNotFoundError(errno.ENOENT, "cache dir is gone", cd.root)
-            try:
-                f = open(tmp, "wb")
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                f = open(tmp, "wb")
-            with f:
-                f.write(data)
-            os.rename(tmp, path)
+            write_atomic(cd.path(key), data)
         except OSError as e:
             self.metrics.cache_errors.inc()
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             if e.errno == errno.ENOSPC:
                 self._evict(need=len(data) * 4)
             self._fail(cd, e)

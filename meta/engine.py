@@ -290,11 +290,7 @@ class BaseMeta(ABC):
                 assert target is not None
                 attr.length = len(target)
                 tx.set_symlink(ino, target)
-            tx.set_attr(ino, attr)
-            tx.set_entry(parent, name, ino, typ)
-            pattr.mtime = pattr.ctime = now
-            tx.set_attr(parent, pattr)
-            tx.add_usage(_align4k(attr.length), 1)
+            _add_inode(tx, parent, pattr, name, ino, attr, now)
             return ino, attr
 
         return self._txn(fn)
@@ -645,11 +641,7 @@ class BaseMeta(ABC):
                 extra = tx.get_refs(list(added))
                 for sid, n in added.items():
                     tx.set_ref(sid, extra.get(sid, 0) + n)
-            tx.set_attr(ino, new)
-            tx.set_entry(parent, name, ino, TYPE_FILE)
-            pattr.mtime = pattr.ctime = now
-            tx.set_attr(parent, pattr)
-            tx.add_usage(_align4k(new.length), 1)
+            _add_inode(tx, parent, pattr, name, ino, new, now)
             return ino, new
 
         return self._txn(fn)
@@ -811,6 +803,15 @@ def _free_name(tx: Tx, parent: int, name: bytes) -> Attr:
     if tx.get_entry(parent, name) is not None:
         raise FSError(errno.EEXIST)
     return pattr
+
+
+def _add_inode(tx: Tx, parent: int, pattr: Attr, name: bytes, ino: int, attr: Attr, now: int) -> None:
+    """Store a new inode under `name` in `parent` (whose attributes the caller checked)."""
+    tx.set_attr(ino, attr)
+    tx.set_entry(parent, name, ino, attr.type)
+    pattr.mtime = pattr.ctime = now
+    tx.set_attr(parent, pattr)
+    tx.add_usage(_align4k(attr.length), 1)
 
 
 def _deref(tx: Tx, slices: list[tuple[int, int]]) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
-import uuid
 from collections.abc import Iterator
 
 from cachefs.errors import ConfigError, ObjectError, ObjectNotFound
+from cachefs.fileutil import write_atomic
 
 from .base import ObjectStore, Transient
 
@@ -30,22 +30,9 @@ class FileStore(ObjectStore):
         return os.path.join(self.root, key)
 
     def _put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        tmp = f"{path}.tmp.{uuid.uuid4().hex[:8]}"
         try:
-            try:
-                f = open(tmp, "wb")
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                f = open(tmp, "wb")
-            with f:
-                f.write(data)
-            os.rename(tmp, path)
+            write_atomic(self._path(key), data)
         except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                 raise ObjectError(f"{self}: cannot write {key}: {e.strerror}") from None
             raise Transient(str(e)) from None

@@ -1,0 +1,30 @@
+"""Writing a file so that a crash never leaves it torn: a temporary name, then a rename."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+
+def write_atomic(path: str, data: bytes, make_parents: bool = True) -> None:
+    """Write data to path via a temporary name in the same directory; creates missing parent
+    directories when make_parents. On failure the temporary file is removed and the OSError
+    propagates."""
+    tmp = f"{path}.tmp.{uuid.uuid4().hex[:8]}"
+    try:
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:
+            if not make_parents:
+                raise
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            f = open(tmp, "wb")
+        with f:
+            f.write(data)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
