@@ -63,12 +63,16 @@ class ChunkStore:
 
     def __init__(self, store: ObjectStore, volume: str, block_size: int, compression: str = "none",
                  max_uploads: int = 16, max_downloads: int = 16, buffer_bytes: int = 300 << 20,
-                 cache: DiskCache | None = None, metrics: Metrics | None = None) -> None:
+                 cache: DiskCache | None = None, metrics: Metrics | None = None,
+                 cache_large_writes: bool = False) -> None:
         self.store = store
         self.volume = volume
         self.block_size = block_size
         self.compression = compression
         self.cache = cache
+        # like JuiceFS: full blocks just written are not cached unless asked (a big write is
+        # rarely read back at once, and caching it doubles the disk traffic of the write)
+        self.cache_large_writes = cache_large_writes
         self.metrics = metrics or store.metrics
         self.max_downloads = max_downloads
         self._uploads = ThreadPoolExecutor(max_uploads, thread_name_prefix="upload")
@@ -99,7 +103,7 @@ class ChunkStore:
         def run() -> None:
             try:
                 self.store.put(key, encode_block(data, self.compression))
-                if self.cache is not None:
+                if self.cache is not None and (self.cache_large_writes or len(data) < self.block_size):
                     self.cache.put(key, data)
             finally:
                 self._track_upload(-1, -len(data))

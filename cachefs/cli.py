@@ -113,6 +113,8 @@ def _add_mount(sub) -> None:
                    help="disk cache size limit in MiB, 0 disables it (default 102400)")
     p.add_argument("--free-space-ratio", type=float, default=0.1,
                    help="keep at least this share of each cache disk free (default 0.1)")
+    p.add_argument("--cache-large-write", action="store_true",
+                   help="also cache full blocks just written (default: only partial blocks)")
     p.add_argument("--metrics", default="", metavar="HOST:PORT", help="serve Prometheus metrics here")
 
 
@@ -132,7 +134,7 @@ def cmd_mount(a: argparse.Namespace) -> int:
     cfg = MountConfig(a.meta_url, a.mountpoint, a.read_only, a.options, a.attr_cache, a.entry_cache,
                       a.dir_entry_cache, a.heartbeat, a.session_timeout, a.trash_delay, a.max_uploads,
                       a.max_downloads, a.buffer_size, a.threads, a.log, dirs, a.cache_size,
-                      a.free_space_ratio, a.metrics)
+                      a.free_space_ratio, a.metrics, a.cache_large_write)
     return mount(cfg, a.background)
 
 

@@ -42,6 +42,7 @@ class MountConfig:
     cache_size: int = 100 << 10  # MiB
     free_space_ratio: float = 0.1
     metrics: str = ""
+    cache_large_writes: bool = False
 
 
 def check_mountpoint(path: str) -> str:
@@ -224,7 +225,7 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
     try:
         vol = Volume(cfg.meta_url, VolumeOptions(cfg.read_only, cfg.max_uploads, cfg.max_downloads,
                                                  cfg.buffer_size << 20, cfg.cache_dirs, cfg.cache_size << 20,
-                                                 cfg.free_space_ratio))
+                                                 cfg.free_space_ratio, cfg.cache_large_writes))
     except CachefsError as e:
         return fail(str(e))
     bg = None

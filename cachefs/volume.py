@@ -23,6 +23,7 @@ class VolumeOptions:
     cache_dirs: list[str] = field(default_factory=list)  # none: no disk cache
     cache_size: int = 100 << 30
     free_space_ratio: float = 0.1
+    cache_large_writes: bool = False
 
 
 class Volume:
@@ -45,7 +46,8 @@ class Volume:
         self.chunks = ChunkStore(self.objects, self.settings.name, self.settings.block_size,
                                  self.settings.compression, o.max_uploads, o.max_downloads,
                                  buffer_bytes=max(o.buffer_size, self.settings.block_size * 4),
-                                 cache=self.cache, metrics=self.metrics)
+                                 cache=self.cache, metrics=self.metrics,
+                                 cache_large_writes=o.cache_large_writes)
         self.vfs = VFS(self.meta, self.chunks, read_only=o.read_only)
 
     def close(self) -> None:
