@@ -139,11 +139,15 @@ class JuiceFS(Target):
         sh(self.exe, "umount", self.mountpoint, check=False)
 
 
-class S3FS(Target):
+class S3Mount(Target):
+    """A file system that maps one bucket of the shared S3 server (s3fs, rclone)."""
+
     def __init__(self, name: str, mountpoint: str, endpoint: str, bucket: str, work: str) -> None:
         super().__init__(name, mountpoint)
         self.endpoint, self.bucket, self.work = endpoint, bucket, work
 
+
+class S3FS(S3Mount):
     def setup(self) -> None:
         make_bucket(self.endpoint, self.bucket)
         os.makedirs(self.mountpoint, exist_ok=True)
@@ -159,11 +163,7 @@ class S3FS(Target):
         sh("fusermount", "-u", self.mountpoint, check=False)
 
 
-class Rclone(Target):
-    def __init__(self, name: str, mountpoint: str, endpoint: str, bucket: str, work: str) -> None:
-        super().__init__(name, mountpoint)
-        self.endpoint, self.bucket, self.work = endpoint, bucket, work
-
+class Rclone(S3Mount):
     def setup(self) -> None:
         make_bucket(self.endpoint, self.bucket)
         os.makedirs(self.mountpoint, exist_ok=True)

@@ -165,28 +165,11 @@ class DiskCache:
 
     def get(self, key: str) -> bytes | None:
         """A whole block's plain bytes, verified; None on a miss; ChecksumError if damaged."""
-        opened = self._open(key)
-        if opened is None:
-            return None
-        f, cd = opened
-        try:
-            with f:
-                raw = f.read()
-        except OSError as e:
-            self._broken(key, cd, e)
-            return None
-        length, seg, start = _layout(raw, key)
-        data = raw[start:]
-        if len(data) != length:
-            raise ChecksumError(f"cache entry {key}: truncated")
-        _verify(data, raw[HEADER.size : start], 0, seg, key)
-        self.metrics.cache_hits.inc()
-        self.metrics.cache_hit_bytes.inc(length)
-        return data
+        return self.read_range(key, 0, None)
 
-    def read_range(self, key: str, offset: int, n: int) -> bytes | None:
-        """Bytes [offset, offset+n) of a block, reading and verifying only the segments they
-        touch; None on a miss; ChecksumError if damaged."""
+    def read_range(self, key: str, offset: int, n: int | None) -> bytes | None:
+        """Bytes [offset, offset+n) of a block (n None: to its end), reading and verifying only
+        the segments they touch; None on a miss; ChecksumError if damaged."""
         opened = self._open(key)
         if opened is None:
             return None
@@ -195,7 +178,9 @@ class DiskCache:
             with f:
                 head = f.read(HEADER.size)
                 length, seg, start = _layout(head, key)
-                if offset + n > length:
+                if n is None:
+                    n = length - offset
+                if n <= 0 or offset + n > length:
                     raise ChecksumError(f"cache entry {key}: shorter than asked")
                 first, last = offset // seg, (offset + n - 1) // seg
                 sums = head + f.read(start - HEADER.size)
