@@ -138,7 +138,7 @@ class VFS:
 
     def setattr(self, ino: int, ctx: Ctx = ROOT_CTX, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, atime: int | None = None, mtime: int | None = None,
-                length: int | None = None, fh: int | None = None) -> Attr:
+                length: int | None = None) -> Attr:
         if internal.is_internal(ino):
             return internal.attr(ino)
         self._writable()
@@ -246,11 +246,15 @@ class VFS:
                 fs.length = attr.length
                 fs.segments.clear()
                 fs.seen = (attr.mtime, attr.length)
-        if flags & os.O_TRUNC and attr.length:
-            self.setattr(ino, length=0)
         fh = next(self._next_fh)
         keep = self._seen.get(ino) == (attr.mtime, attr.length) and not flags & os.O_TRUNC
         self._handles[fh] = Handle(fh, ino, flags, fs, keep_cache=keep)
+        if flags & os.O_TRUNC and attr.length:
+            try:
+                self.setattr(ino, length=0)
+            except BaseException:
+                self.release(fh)  # the open failed: it must not keep the file counted as open
+                raise
         return fh
 
     def keep_cache(self, fh: int) -> bool:
