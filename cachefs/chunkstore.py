@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from .block import block_key, block_lengths, decode_block, encode_block
 from .diskcache import DiskCache
-from .errors import ChecksumError, ObjectError, ObjectNotFound
+from .errors import ChecksumError, ObjectError
 from .metrics import Metrics
 from .objects import ObjectStore
 
@@ -74,7 +74,6 @@ class ChunkStore:
         # rarely read back at once, and caching it doubles the disk traffic of the write)
         self.cache_large_writes = cache_large_writes
         self.metrics = metrics or store.metrics
-        self.max_downloads = max_downloads
         self._uploads = ThreadPoolExecutor(max_uploads, thread_name_prefix="upload")
         self._upload_slots = threading.BoundedSemaphore(max(2, buffer_bytes // 2 // block_size))
         self._downloads = ThreadPoolExecutor(max_downloads, thread_name_prefix="download")
@@ -318,4 +317,4 @@ class SliceWriter:
         return self.length
 
 
-__all__ = ["ChunkStore", "SliceWriter", "BlockBuffer", "ObjectNotFound"]
+__all__ = ["ChunkStore", "SliceWriter", "BlockBuffer"]
