@@ -31,10 +31,12 @@ log = logging.getLogger("cachefs.cache")
 _FATAL = {errno.EROFS, errno.EIO, errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENODEV, errno.EPERM}
 
 
-def encode_entry(plain: bytes) -> bytes:
-    sums = b"".join(struct.pack("<Q", xxhash.xxh64_intdigest(plain[i : i + SEGMENT]))
+def entry_header(plain: bytes) -> bytes:
+    """The header and checksum table that precede a block's bytes in its cache entry."""
+    mv = memoryview(plain)
+    sums = b"".join(struct.pack("<Q", xxhash.xxh64_intdigest(mv[i : i + SEGMENT]))
                     for i in range(0, len(plain), SEGMENT))
-    return HEADER.pack(MAGIC, len(plain), SEGMENT) + sums + plain
+    return HEADER.pack(MAGIC, len(plain), SEGMENT) + sums
 
 
 def _layout(head: bytes, key: str) -> tuple[int, int, int]:
@@ -49,9 +51,10 @@ def _layout(head: bytes, key: str) -> tuple[int, int, int]:
 
 
 def _verify(data: bytes, sums: bytes, first_seg: int, seg: int, key: str) -> None:
+    mv = memoryview(data)
     for i in range(0, len(data), seg):
         want = struct.unpack_from("<Q", sums, (first_seg + i // seg) * 8)[0]
-        if xxhash.xxh64_intdigest(data[i : i + seg]) != want:
+        if xxhash.xxh64_intdigest(mv[i : i + seg]) != want:
             raise ChecksumError(f"cache entry {key}: checksum mismatch")
 
 
@@ -199,8 +202,9 @@ class DiskCache:
 
     def put(self, key: str, plain: bytes) -> None:
         """Keep a (verified) block's plain bytes."""
-        data = encode_entry(plain)
-        if len(data) > self.capacity:
+        head = entry_header(plain)
+        size = len(head) + len(plain)
+        if size > self.capacity:
             return
         cd = self._pick(key)
         if cd is None or self.contains(key):
@@ -208,17 +212,17 @@ class DiskCache:
         try:
             if not os.path.isdir(cd.root):
                 raise FileNotFoundError(errno.ENOENT, "cache dir is gone", cd.root)
-            write_atomic(cd.path(key), data)
+            write_atomic(cd.path(key), head, plain)
         except OSError as e:
             self.metrics.cache_errors.inc()
             if e.errno == errno.ENOSPC:
-                self._evict(need=len(data) * 4)
+                self._evict(need=size * 4)
             self._fail(cd, e)
             return
         with self._lock:
-            self._entries[key] = (cd, len(data))
-            self.used += len(data)
-        self.metrics.cache_write_bytes.inc(len(data))
+            self._entries[key] = (cd, size)
+            self.used += size
+        self.metrics.cache_write_bytes.inc(size)
         self._evict()
         self._publish()
 

@@ -6,10 +6,10 @@ import os
 import uuid
 
 
-def write_atomic(path: str, data: bytes, make_parents: bool = True) -> None:
-    """Write data to path via a temporary name in the same directory; creates missing parent
-    directories when make_parents. On failure the temporary file is removed and the OSError
-    propagates."""
+def write_atomic(path: str, *parts: bytes, make_parents: bool = True) -> None:
+    """Write the parts, one after another, to path via a temporary name in the same directory
+    (no joined copy); creates missing parent directories when make_parents. On failure the
+    temporary file is removed and the OSError propagates."""
     tmp = f"{path}.tmp.{uuid.uuid4().hex[:8]}"
     try:
         try:
@@ -20,7 +20,7 @@ def write_atomic(path: str, data: bytes, make_parents: bool = True) -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             f = open(tmp, "wb")
         with f:
-            f.write(data)
+            f.writelines(parts)
         os.rename(tmp, path)
     except OSError:
         try:
