@@ -4,15 +4,22 @@ failure, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import CachefsError, ConfigError, FSError
+
+if TYPE_CHECKING:
+    from cachefs.meta import BaseMeta
+    from cachefs.meta.types import Settings
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
@@ -159,19 +166,13 @@ def _add_status(sub) -> None:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from cachefs.meta import open_meta
-
-    meta = open_meta(a.meta_url)
-    try:
-        settings = meta.load()
+    with _opened(a.meta_url) as (meta, settings):
         now = time.time()
         sessions = [{"sid": s.sid, "heartbeat_age": round(now - s.heartbeat, 1), **s.info}
                     for s in meta.sessions()]
-        total, used, _it, inodes = meta.statfs()
+        _total, used, _itotal, inodes = meta.statfs()
         out = {"setting": settings.masked(), "sessions": sessions,
                "usage": {"used_bytes": used, "inodes": inodes}}
-    finally:
-        meta.close_engine()
     print(json.dumps(out, indent=2))
     return 0
 
@@ -183,25 +184,19 @@ def _add_info(sub) -> None:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from cachefs.meta import open_meta
-    from cachefs.meta.types import CHUNK_SIZE
+    from cachefs.meta.types import CHUNK_SIZE, TYPE_FILE
 
     from .block import block_key, block_lengths
-    from .daemon import read_state
 
-    code = 0
     for path in a.paths:
         try:
             st = os.lstat(path)
         except OSError as e:
             raise ConfigError(f"{path}: {e.strerror}") from None
-        state = _mount_of(os.path.realpath(path), read_state)
-        meta = open_meta(state["meta_url"])
-        try:
-            settings = meta.load()
+        with _opened(_mount_of(path)["meta_url"]) as (meta, settings):
             attr = meta.getattr(st.st_ino)
             print(f"{path}:\n  inode: {st.st_ino}\n  size: {attr.length}")
-            nchunks = (attr.length + CHUNK_SIZE - 1) // CHUNK_SIZE if attr.type == 1 else 0
+            nchunks = (attr.length + CHUNK_SIZE - 1) // CHUNK_SIZE if attr.type == TYPE_FILE else 0
             print(f"  chunks: {nchunks}")
             for indx in range(nchunks):
                 slices = meta.read_chunk(st.st_ino, indx)
@@ -211,9 +206,7 @@ def cmd_info(a: argparse.Namespace) -> int:
                     if s.id:
                         for i, n in enumerate(block_lengths(s.size, settings.block_size)):
                             print(f"      {block_key(settings.name, s.id, i, n)}")
-        finally:
-            meta.close_engine()
-    return code
+    return 0
 
 
 def _add_clone(sub) -> None:
@@ -225,27 +218,20 @@ def _add_clone(sub) -> None:
 
 
 def cmd_clone(a: argparse.Namespace) -> int:
-    from cachefs.meta import open_meta
-
-    from .daemon import read_state
-
     try:
         src = os.lstat(a.src)
         parent_dir = os.path.dirname(os.path.abspath(a.dst))
         parent = os.stat(parent_dir)
     except OSError as e:
         raise ConfigError(f"{e.filename}: {e.strerror}") from None
-    state = _mount_of(os.path.realpath(a.src), read_state)
-    if _mount_of(os.path.realpath(parent_dir), read_state)["mountpoint"] != state["mountpoint"]:
+    state = _mount_of(a.src)
+    if _mount_of(parent_dir)["mountpoint"] != state["mountpoint"]:
         raise ConfigError("SRC and DST must be on the same mounted volume")
-    meta = open_meta(state["meta_url"])
-    try:
-        meta.load()
-        meta.clone(src.st_ino, parent.st_ino, os.path.basename(a.dst).encode(), os.getuid(), os.getgid())
-    except FSError as e:
-        raise ConfigError(f"cannot clone {a.src} to {a.dst}: {os.strerror(e.errno)}") from None
-    finally:
-        meta.close_engine()
+    with _opened(state["meta_url"]) as (meta, _settings):
+        try:
+            meta.clone(src.st_ino, parent.st_ino, os.path.basename(a.dst).encode(), os.getuid(), os.getgid())
+        except FSError as e:
+            raise ConfigError(f"cannot clone {a.src} to {a.dst}: {os.strerror(e.errno)}") from None
     return 0
 
 
@@ -305,14 +291,13 @@ def _add_warmup(sub) -> None:
 
 
 def cmd_warmup(a: argparse.Namespace) -> int:
-    from .daemon import read_state
     from .progress import Progress, human
 
     if a.threads < 1:
         raise ConfigError("--threads must be at least 1")
-    mountpoint = _mount_of(os.path.realpath(a.paths[0]), read_state)["mountpoint"]
+    mountpoint = _mount_of(a.paths[0])["mountpoint"]
     for p in a.paths[1:]:
-        if _mount_of(os.path.realpath(p), read_state)["mountpoint"] != mountpoint:
+        if _mount_of(p)["mountpoint"] != mountpoint:
             raise ConfigError("all paths must be on one mounted volume")
     files = _files(a.paths)
     if a.check:
@@ -425,8 +410,23 @@ def cmd_stats(a: argparse.Namespace) -> int:
     return 0
 
 
-def _mount_of(path: str, read_state) -> dict:  # noqa: ANN001
-    cur = path
+@contextlib.contextmanager
+def _opened(meta_url: str) -> Iterator[tuple[BaseMeta, Settings]]:
+    """A formatted volume's engine and settings, closed again on the way out."""
+    from cachefs.meta import open_meta
+
+    meta = open_meta(meta_url)
+    try:
+        yield meta, meta.load()
+    finally:
+        meta.close_engine()
+
+
+def _mount_of(path: str) -> dict:
+    """The state record of the mount that holds path (its mountpoint and metadata URL)."""
+    from .daemon import read_state
+
+    cur = os.path.realpath(path)
     while True:
         state = read_state(cur)
         if state:
