@@ -179,13 +179,14 @@ def _set_kernel_readahead(mountpoint: str, kib: int) -> None:
     """Let the kernel read ahead a block at a time: larger FUSE reads cost fewer round trips.
     Runs once the kernel's INIT handshake is done (it resets readahead); the device numbers come
     from mountinfo, because a stat of the mountpoint would wait on ourselves."""
+    from .fuse import mount_device
+
+    device = mount_device(mountpoint)
+    if device is None:
+        return
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[4] == mountpoint:
-                    with open(f"/sys/class/bdi/{fields[2]}/read_ahead_kb", "w") as ra:
-                        ra.write(str(kib))
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as ra:
+            ra.write(str(kib))
     except OSError as e:
         log.info("kernel readahead left at its default: %s", e)
 

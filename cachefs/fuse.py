@@ -248,15 +248,20 @@ async def serve(ops: Operations, on_stop: Callable[[], None] | None = None) -> N
         on_stop()
 
 
-def is_mounted(path: str) -> bool:
-    real = os.path.realpath(path)
+def mount_device(path: str) -> str | None:
+    """The "major:minor" of the mount at path (already resolved), from mountinfo; None when
+    nothing is mounted there. Never touches the mountpoint itself, which may be our own."""
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
                 mp = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-                if mp == real:
-                    return True
+                if mp == path:
+                    return fields[2]
     except OSError:
         pass
-    return False
+    return None
+
+
+def is_mounted(path: str) -> bool:
+    return mount_device(os.path.realpath(path)) is not None
