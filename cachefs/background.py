@@ -52,7 +52,7 @@ class Background:
             self._stop.wait(min(1.0, self.heartbeat))
 
     def run_once(self, trash_delay: float | None = None) -> None:
-        """One round of every deletion and compaction job (also used by tests and gc)."""
+        """One round of every deletion and compaction job (the tests call it directly)."""
         delay = self.trash_delay if trash_delay is None else trash_delay
         if self.vfs is not None:
             for ino, indx in self.vfs.take_compactions():
