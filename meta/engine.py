@@ -24,6 +24,7 @@ from .types import (
     TYPE_FILE,
     TYPE_SYMLINK,
     Attr,
+    PendingSlice,
     SessionInfo,
     Settings,
     Slice,
@@ -82,6 +83,7 @@ class Tx(Protocol):
     def set_ref(self, sid: int, extra: int) -> None: ...
     def add_sustained(self, sid: int, ino: int) -> None: ...
     def del_sustained(self, sid: int, ino: int) -> None: ...
+    def add_pending(self, slice_id: int, sid: int, ino: int, size: int) -> None: ...
 
 
 class BaseMeta(ABC):
@@ -153,6 +155,12 @@ class BaseMeta(ABC):
 
     @abstractmethod
     def _trash_done(self, slices: list[tuple[int, int]]) -> None: ...
+
+    @abstractmethod
+    def _pending_list(self) -> list[PendingSlice]: ...
+
+    @abstractmethod
+    def _pending_done(self, ids: list[int]) -> None: ...
 
     @abstractmethod
     def close_engine(self) -> None: ...
@@ -574,8 +582,13 @@ class BaseMeta(ABC):
 
         return self._txn(fn)
 
-    def write(self, ino: int, slices: list[tuple[int, Slice]], mtime: int | None = None) -> Attr:
-        """Commit written slices (chunk index, record) of one file in one transaction."""
+    def write(self, ino: int, slices: list[tuple[int, Slice]], mtime: int | None = None,
+              pending: bool = False) -> Attr:
+        """Commit written slices (chunk index, record) of one file in one transaction.
+
+        pending=True (write-back) records in the same transaction that the slices' blocks are not
+        in the object store yet, held by this session: no reader or fsck can see the commit
+        without knowing that."""
 
         def fn(tx: Tx) -> Attr:
             attr = tx.get_attr(ino)
@@ -590,6 +603,9 @@ class BaseMeta(ABC):
                 newlen = max(newlen, indx * CHUNK_SIZE + s.pos + s.len)
             for indx, group in by_chunk.items():
                 tx.append_slices(ino, indx, group)
+            if pending:
+                for _, s in slices:
+                    tx.add_pending(s.id, self.sid, ino, s.size)
             tx.add_usage(_align4k(newlen) - _align4k(attr.length), 0)
             attr.length = newlen
             attr.mtime = attr.ctime = mtime or now_ns()
@@ -768,6 +784,17 @@ class BaseMeta(ABC):
         if self.sid:
             self.clean_session(self.sid)
             self.sid = 0
+
+    # ---- write-back: slices committed before their blocks were uploaded -----------------------
+    def pending_slices(self) -> list[PendingSlice]:
+        """Every slice of the volume whose upload has not been confirmed, by any session
+        (a dead session's stay listed until its node re-uploads them, or fsck reports them)."""
+        return self._pending_list()
+
+    def pending_done(self, ids: list[int]) -> None:
+        """The blocks of these slices are all in the object store."""
+        if ids:
+            self._pending_done(ids)
 
     # ---- background deletion -------------------------------------------------------------
     def pending_delfiles(self, limit: int = 100) -> list[tuple[int, int]]:

@@ -21,7 +21,7 @@ from cachefs.errors import ConfigError, FSError, MetaError
 
 from .engine import BaseMeta
 from .redis_schema import ENTRY, VOLUME_POINTER, Keys
-from .types import Attr, SessionInfo, Settings, Slice
+from .types import Attr, PendingSlice, SessionInfo, Settings, Slice
 
 T = TypeVar("T")
 _ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -181,6 +181,9 @@ class RedisTx:
 
     def del_sustained(self, sid: int, ino: int) -> None:
         self._op(lambda p: p.srem(self.k.sustained(sid), ino))
+
+    def add_pending(self, slice_id: int, sid: int, ino: int, size: int) -> None:
+        self._op(lambda p: p.hset(self.k.pending(), slice_id, f"{sid}:{ino}:{size}"))
 
 
 # One round trip for the commonest metadata request: the entry and the attributes it points to
@@ -370,6 +373,14 @@ class RedisMeta(BaseMeta):
     def _trash_done(self, slices: list[tuple[int, int]]) -> None:
         if slices:
             self._call(lambda: self.r.zrem(self.k.trash(), *[f"{i}:{s}" for i, s in slices]))
+
+    def _pending_list(self) -> list[PendingSlice]:
+        rows = self._call(lambda: self.r.hgetall(self.k.pending()))
+        out = [PendingSlice(int(k), *(int(x) for x in v.split(b":"))) for k, v in rows.items()]
+        return sorted(out, key=lambda p: p.id)
+
+    def _pending_done(self, ids: list[int]) -> None:
+        self._call(lambda: self.r.hdel(self.k.pending(), *ids))
 
     def close_engine(self) -> None:
         self.r.close()

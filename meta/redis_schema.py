@@ -19,6 +19,8 @@ Cluster slot and every multi-key transaction stays legal there.
 | {v}ss<sid>             | set    | inodes kept alive by open handles of the session  |
 | {v}delfiles            | zset   | "ino:length" -> time queued                       |
 | {v}trash               | zset   | "id:size" -> time queued                          |
+| {v}sliceRef            | hash   | slice id -> extra references (shared slices)      |
+| {v}pending             | hash   | slice id -> "sid:ino:size", not yet uploaded      |
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class Keys:
 
     def slice_refs(self) -> str:
         return self.tag + "sliceRef"
+
+    def pending(self) -> str:
+        return self.tag + "pending"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of the volume (names hold no glob characters)."""

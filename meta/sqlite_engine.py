@@ -13,7 +13,7 @@ from typing import TypeVar
 from cachefs.errors import ConfigError, MetaError
 
 from .engine import BaseMeta
-from .types import Attr, SessionInfo, Settings, Slice
+from .types import Attr, PendingSlice, SessionInfo, Settings, Slice
 
 T = TypeVar("T")
 
@@ -33,9 +33,11 @@ CREATE TABLE IF NOT EXISTS sustained(sid INTEGER, ino INTEGER, PRIMARY KEY(sid, 
 CREATE TABLE IF NOT EXISTS delfile(ino INTEGER PRIMARY KEY, length INTEGER NOT NULL, added REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS trash(id INTEGER PRIMARY KEY, size INTEGER NOT NULL, added REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS sliceref(id INTEGER PRIMARY KEY, extra INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pending(id INTEGER PRIMARY KEY, sid INTEGER NOT NULL, ino INTEGER NOT NULL,
+                                   size INTEGER NOT NULL);
 """
 TABLES = ["setting", "counter", "node", "edge", "chunk", "symlink", "xattr", "session", "sustained",
-          "delfile", "trash", "sliceref"]
+          "delfile", "trash", "sliceref", "pending"]
 
 
 class SqliteTx:
@@ -130,6 +132,9 @@ class SqliteTx:
 
     def del_sustained(self, sid: int, ino: int) -> None:
         self.db.execute("DELETE FROM sustained WHERE sid=? AND ino=?", (sid, ino))
+
+    def add_pending(self, slice_id: int, sid: int, ino: int, size: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO pending VALUES(?,?,?,?)", (slice_id, sid, ino, size))
 
 
 def _add_counter(db: sqlite3.Connection, name: str, n: int) -> int:
@@ -273,6 +278,13 @@ class SqliteMeta(BaseMeta):
 
     def _trash_done(self, slices: list[tuple[int, int]]) -> None:
         self._txn(lambda tx: tx.db.executemany("DELETE FROM trash WHERE id=?", [(i,) for i, _ in slices]))
+
+    def _pending_list(self) -> list[PendingSlice]:
+        rows = self._db().execute("SELECT id, sid, ino, size FROM pending ORDER BY id").fetchall()
+        return [PendingSlice(*r) for r in rows]
+
+    def _pending_done(self, ids: list[int]) -> None:
+        self._txn(lambda tx: tx.db.executemany("DELETE FROM pending WHERE id=?", [(i,) for i in ids]))
 
     def close_engine(self) -> None:
         with self._all_lock:

@@ -145,3 +145,13 @@ class SessionInfo:
     sid: int
     heartbeat: float
     info: dict
+
+
+@dataclass(slots=True, frozen=True)
+class PendingSlice:
+    """A committed slice whose blocks may not be in the object store yet (write-back)."""
+
+    id: int
+    sid: int  # the session whose staging directory holds its blocks
+    ino: int
+    size: int

@@ -11,7 +11,7 @@ import pytest
 from cachefs.errors import ConfigError, FSError
 from cachefs.meta import open_meta
 from cachefs.meta.engine import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
-from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, TYPE_DIR, TYPE_FILE, Settings, Slice
+from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, TYPE_DIR, TYPE_FILE, PendingSlice, Settings, Slice
 
 ENGINES = ["sqlite", "redis"]
 
@@ -231,6 +231,27 @@ def test_dead_session_is_cleaned(meta, meta_url):
     assert meta.clean_stale_sessions(10) == [other.sid]
     assert err(meta.getattr, f) == errno.ENOENT
     assert [s.sid for s in meta.sessions()] == [meta.sid]
+
+
+def test_pending_slices_recorded_with_commit_and_kept_past_session(meta, meta_url):
+    f = mkfile(meta, ROOT_INODE, b"f")
+    s1, s2 = (Slice(0, meta.new_slice_id(), 10, 0, 10), Slice(10, meta.new_slice_id(), 7, 0, 7))
+    meta.write(f, [(0, s1)], pending=True)
+    meta.write(f, [(0, s2)])  # write-through: not pending
+    assert meta.pending_slices() == [PendingSlice(s1.id, meta.sid, f, 10)]
+    other = open_meta(meta_url)
+    other.load()
+    other.new_session({})
+    s3 = Slice(17, other.new_slice_id(), 3, 0, 3)
+    other.write(f, [(0, s3)], pending=True)
+    other._session_put(other.sid, 0.0, {})
+    assert meta.clean_stale_sessions(10) == [other.sid]
+    # a dead writer's pending slices stay listed: its node may come back and upload them
+    assert [(p.id, p.sid) for p in meta.pending_slices()] == [(s1.id, meta.sid), (s3.id, other.sid)]
+    meta.pending_done([s1.id, s3.id])
+    meta.pending_done([s1.id])  # twice is harmless (a re-upload after a crash)
+    assert meta.pending_slices() == []
+    other.close_engine()
 
 
 def test_readdir_snapshot_large(meta):
