@@ -68,6 +68,12 @@ class Background:
             batch = self.meta.pending_trash(500, min_age=delay)
             if not batch:
                 break
-            for sid, size in batch:
+            pending = self.store.pending_ids() if self.store.pending_ids is not None else set()
+            ready = [(sid, size) for sid, size in batch if sid not in pending]
+            for sid, size in ready:
                 self.store.delete_slice(sid, size)
-            self.meta.trash_done(batch)
+            # a slice still being uploaded by its writer waits in the trash, or its upload would
+            # leave an object behind
+            self.meta.trash_done(ready)
+            if len(ready) < len(batch):
+                break

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .block import block_key, block_lengths, decode_block, encode_block
 from .diskcache import DiskCache
-from .errors import ChecksumError, ObjectError
+from .errors import ChecksumError, ObjectError, ObjectNotFound
 from .metrics import Metrics
 from .objects import ObjectStore
+from .writeback import WriteBack
 
 log = logging.getLogger("cachefs.chunks")
 
@@ -82,6 +85,11 @@ class ChunkStore:
         self._inflight_lock = threading.Lock()
         self._uploading = 0
         self._count_lock = threading.Lock()
+        self.writeback: WriteBack | None = None  # set by the volume when mounted --writeback
+        # is this slice committed with blocks not yet uploaded (by any node)? set with writeback
+        # or not: another node's pending blocks are waited for, up to pending_timeout
+        self.pending_ids: Callable[[], set[int]] | None = None
+        self.pending_timeout = 60.0
 
     def _track_upload(self, delta_blocks: int, delta_bytes: int) -> None:
         with self._count_lock:
@@ -93,15 +101,23 @@ class ChunkStore:
         return block_key(self.volume, slice_id, index, length)
 
     # ---- writing ---------------------------------------------------------------------------
-    def put_block(self, slice_id: int, index: int, data: bytes) -> Future:
-        """Upload one block in the background; blocks while the upload buffer is full."""
+    def put_block(self, slice_id: int, index: int, data: bytes, ino: int = 0, stage: bool = True) -> Future:
+        """Upload one block in the background (or, in write-back mode, stage it durably and
+        queue its upload); blocks while the upload buffer is full. The future is done when the
+        block is in the object store or durable in staging."""
         self._upload_slots.acquire()
         self._track_upload(1, len(data))
         key = self.key(slice_id, index, len(data))
+        wb = self.writeback if stage else None
 
         def run() -> None:
             try:
-                self.store.put(key, encode_block(data, self.compression))
+                encoded = encode_block(data, self.compression)
+                if wb is not None:
+                    if wb.stage(slice_id, ino, index, len(data), encoded):
+                        return
+                    self.metrics.staging_fallbacks.inc()  # no room: write it through
+                self.store.put(key, encoded)
                 if self.cache is not None and (self.cache_large_writes or len(data) < self.block_size):
                     self.cache.put(key, data)
             finally:
@@ -115,8 +131,10 @@ class ChunkStore:
             self._upload_slots.release()
             raise
 
-    def writer(self, slice_id: int) -> SliceWriter:
-        return SliceWriter(self, slice_id)
+    def writer(self, slice_id: int, ino: int = 0, stage: bool = True) -> SliceWriter:
+        """stage=False writes through even in write-back mode (compaction: its commit is not
+        recorded as pending)."""
+        return SliceWriter(self, slice_id, ino, stage)
 
     # ---- reading ---------------------------------------------------------------------------
     def get_block(self, slice_id: int, slice_size: int, index: int, keep: bool = True) -> bytes:
@@ -137,7 +155,7 @@ class ChunkStore:
         if not owner:
             return fut.result()
         try:
-            data = self._load(key, length)
+            data = self._load(slice_id, index, key, length)
             if keep:
                 self.buffer.put(key, data)
                 self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
@@ -150,8 +168,17 @@ class ChunkStore:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
 
-    def _load(self, key: str, length: int) -> bytes:
-        """A block from the disk cache (verified) or else the object store (verified, cached)."""
+    def _load(self, slice_id: int, index: int, key: str, length: int) -> bytes:
+        """A block from staging, the disk cache (verified) or else the object store (verified,
+        cached); a block another node has not uploaded yet is waited for."""
+        if self.writeback is not None:
+            raw = self.writeback.read(slice_id, index, length)
+            if raw is not None:
+                try:
+                    return decode_block(raw, length, key)
+                except ChecksumError:
+                    self.metrics.checksum_errors.labels("staging").inc()
+                    raise
         if self.cache is not None:
             try:
                 data = self.cache.get(key)
@@ -160,7 +187,10 @@ class ChunkStore:
                 data = None
             if data is not None:
                 return data
-        raw = self.store.get(key)
+        try:
+            raw = self.store.get(key)
+        except ObjectNotFound:
+            raw = self._wait_pending(slice_id, key)
         try:
             data = decode_block(raw, length, key)
         except ChecksumError:
@@ -169,6 +199,29 @@ class ChunkStore:
         if self.cache is not None:
             self.cache.put(key, data)
         return data
+
+    def is_pending(self, slice_id: int) -> bool:
+        return self.pending_ids is not None and slice_id in self.pending_ids()
+
+    def _wait_pending(self, slice_id: int, key: str) -> bytes:
+        """A missing block of a slice still pending on its writer: poll until it arrives, at most
+        pending_timeout, then EIO (never zeros, never a hang)."""
+        if not self.is_pending(slice_id):
+            raise ObjectNotFound(f"block {key} is missing from the object store")
+        deadline = time.monotonic() + self.pending_timeout
+        delay = 0.1
+        while True:
+            pending = self.is_pending(slice_id)
+            try:
+                return self.store.get(key)
+            except ObjectNotFound:
+                if not pending:
+                    raise ObjectNotFound(f"block {key} is missing from the object store") from None
+            if time.monotonic() >= deadline:
+                raise ObjectError(f"block {key} is still not uploaded by its writer after "
+                                  f"{self.pending_timeout:g} s")
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(1.0, delay * 2)
 
     def _cache_damaged(self, key: str, e: ChecksumError) -> None:
         self.metrics.checksum_errors.labels("cache").inc()
@@ -252,6 +305,8 @@ class ChunkStore:
 
     # ---- deleting --------------------------------------------------------------------------
     def delete_slice(self, slice_id: int, size: int) -> None:
+        if self.writeback is not None:
+            self.writeback.abandon([slice_id])
         for _, key, _ in self._keys(slice_id, size):
             self.buffer.drop(key)
             if self.cache is not None:
@@ -260,15 +315,19 @@ class ChunkStore:
 
     def close(self) -> None:
         self._uploads.shutdown(wait=True)
+        if self.writeback is not None:
+            self.writeback.close()
         self._downloads.shutdown(wait=True, cancel_futures=True)
 
 
 class SliceWriter:
     """Collects one contiguous write and uploads full blocks while it is still growing."""
 
-    def __init__(self, cs: ChunkStore, slice_id: int) -> None:
+    def __init__(self, cs: ChunkStore, slice_id: int, ino: int = 0, stage: bool = True) -> None:
         self.cs = cs
         self.id = slice_id
+        self.ino = ino
+        self.stage = stage
         self.length = 0
         self._buf: list[bytes] = []
         self._buffered = 0
@@ -291,7 +350,7 @@ class SliceWriter:
             self._buffered = len(rest)
 
     def _upload(self, block: bytes) -> None:
-        self._futures.append(self.cs.put_block(self.id, self._next_index, block))
+        self._futures.append(self.cs.put_block(self.id, self._next_index, block, self.ino, self.stage))
         self._next_index += 1
         # surface early failures instead of queueing more work behind them
         done = [f for f in self._futures if f.done()]

@@ -123,6 +123,13 @@ def _add_mount(sub) -> None:
     p.add_argument("--cache-large-write", action="store_true",
                    help="also cache full blocks just written (default: only partial blocks)")
     p.add_argument("--metrics", default="", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument("--writeback", action="store_true",
+                   help="close/fsync return once blocks are durable in the local staging directory "
+                        "(under the first cache dir); uploads run in the background")
+    p.add_argument("--fsync", choices=["local", "remote"], default="local",
+                   help="with --writeback: remote makes fsync wait for the upload (default local)")
+    p.add_argument("--pending-timeout", type=float, default=60.0,
+                   help="seconds a read waits for blocks another node has not uploaded yet (default 60)")
 
 
 def cmd_mount(a: argparse.Namespace) -> int:
@@ -137,11 +144,16 @@ def cmd_mount(a: argparse.Namespace) -> int:
         raise ConfigError("--cache-size must be >= 0 and --free-space-ratio in [0, 1)")
     if a.metrics and not re.fullmatch(r"[\w.\-]*:\d+", a.metrics):
         raise ConfigError(f"bad --metrics address {a.metrics!r} (expected HOST:PORT)")
+    if a.pending_timeout <= 0:
+        raise ConfigError("--pending-timeout must be positive")
     dirs = [d for d in a.cache_dir.split(":") if d]
+    if a.writeback and (a.read_only or not dirs or a.cache_size == 0):
+        raise ConfigError("--writeback needs a writable mount and a cache directory (--cache-dir, --cache-size > 0)")
     cfg = MountConfig(a.meta_url, a.mountpoint, a.read_only, a.options, a.attr_cache, a.entry_cache,
                       a.dir_entry_cache, a.heartbeat, a.session_timeout, a.trash_delay, a.max_uploads,
                       a.max_downloads, a.buffer_size, a.threads, a.log, dirs, a.cache_size,
-                      a.free_space_ratio, a.metrics, a.cache_large_write)
+                      a.free_space_ratio, a.metrics, a.cache_large_write, writeback=a.writeback,
+                      fsync_remote=a.fsync == "remote", pending_timeout=a.pending_timeout)
     return mount(cfg, a.background)
 
 
@@ -150,13 +162,68 @@ def _add_umount(sub) -> None:
                        "to finish. Also cleans up after a killed mount process.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--force", "-f", action="store_true", help="detach even if busy")
+    p.add_argument("--flush-timeout", type=float, default=300.0,
+                   help="write-back: seconds to wait for uploads before unmounting (default 300); what "
+                        "is left stays staged and is uploaded at the next mount")
 
 
 def cmd_umount(a: argparse.Namespace) -> int:
-    from .daemon import umount
+    from .daemon import read_state, umount
+    from .fuse import is_mounted
 
+    real = os.path.realpath(a.mountpoint)
+    state = read_state(real)
+    if state and state.get("writeback") and is_mounted(real):
+        try:
+            left = _flush(real, a.flush_timeout)
+        except ConfigError as e:
+            left = []
+            print(f"cachefs umount: could not flush before unmounting: {e}", file=sys.stderr)
+        if left:
+            total = sum(p["bytes"] for p in left)
+            print(f"cachefs umount: gave up waiting after {a.flush_timeout:g} s; {_size(total)} of {len(left)} "
+                  f"file(s) stay staged and upload at the next mount: "
+                  + ", ".join(p["path"] or f"inode {p['inode']}" for p in left), file=sys.stderr)
     umount(a.mountpoint, a.force)
     return 0
+
+
+def _flush(mountpoint: str, timeout: float | None) -> list[dict]:
+    """Ask a mount to commit and upload everything written so far: what is left pending."""
+    request: dict = {"cmd": "flush"}
+    if timeout is not None:
+        request["timeout"] = timeout
+    return _control(mountpoint, request)["pending"]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _add_flush(sub) -> None:
+    p = sub.add_parser("flush", help="wait until written data is in the object store",
+                       description="Exit 0 once everything written on the mount holding PATH before this "
+                       "command is in the object store; otherwise exit 1 and list what is still pending.")
+    p.add_argument("path", metavar="MOUNTPOINT|PATH")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+
+
+def cmd_flush(a: argparse.Namespace) -> int:
+    if a.timeout is not None and a.timeout < 0:
+        raise ConfigError("--timeout must be >= 0")
+    mountpoint = _mount_of(a.path)["mountpoint"]
+    left = _flush(mountpoint, a.timeout)
+    if not left:
+        return 0
+    for p in left:
+        print(f"{p['path'] or 'inode ' + str(p['inode'])}\t{_size(p['bytes'])} pending")
+    total = sum(p["bytes"] for p in left)
+    raise CachefsError(f"{_size(total)} of {len(left)} file(s) still not in the object store after "
+                       f"{a.timeout:g} s")
 
 
 def _add_status(sub) -> None:
@@ -168,12 +235,56 @@ def _add_status(sub) -> None:
 def cmd_status(a: argparse.Namespace) -> int:
     with _opened(a.meta_url) as (meta, settings):
         now = time.time()
-        sessions = [{"sid": s.sid, "heartbeat_age": round(now - s.heartbeat, 1), **s.info}
+        pending: dict[int, list[int]] = {}
+        for p in meta.pending_slices():
+            pending.setdefault(p.sid, []).append(p.size)
+        bs = settings.block_size
+
+        def staged(sid: int) -> dict:
+            sizes = pending.pop(sid, [])
+            return {"pending_blocks": sum((n + bs - 1) // bs for n in sizes), "pending_bytes": sum(sizes)}
+
+        sessions = [{"sid": s.sid, "heartbeat_age": round(now - s.heartbeat, 1), **s.info, **staged(s.sid)}
                     for s in meta.sessions()]
+        # pending slices of sessions that are gone: uploaded when their node mounts again
+        gone = [{"sid": sid, **staged(sid)} for sid in sorted(pending)]
         _total, used, _itotal, inodes = meta.statfs()
         out = {"setting": settings.masked(), "sessions": sessions,
                "usage": {"used_bytes": used, "inodes": inodes}}
+        if gone:
+            out["pending_of_ended_sessions"] = gone
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _add_fsck(sub) -> None:
+    p = sub.add_parser("fsck", help="find files whose data is missing from the object store",
+                       description="Check every file's blocks against the object store; exit 1 and name "
+                       "the damaged files if any block is missing (blocks a live writer is still "
+                       "uploading are listed apart).")
+    p.add_argument("meta_url", metavar="META_URL")
+
+
+def cmd_fsck(a: argparse.Namespace) -> int:
+    from .fsck import check
+    from .objects import open_store
+
+    with _opened(a.meta_url) as (meta, settings):
+        store = open_store(settings)
+        store.check()
+        report = check(meta, store, settings.name, settings.block_size)
+    for f in report.uploading:
+        print(f"uploading {f.path}: {f.missing} of {f.total} blocks not uploaded yet by a live writer")
+    for f in report.damaged:
+        hint = ""
+        if f.ended_sessions:
+            ids = ", ".join(str(s) for s in sorted(f.ended_sessions))
+            hint = f" (staged by ended session {ids}: mounting that node's cache dir again uploads them)"
+        print(f"damaged {f.path}: {f.missing} of {f.total} blocks missing{hint}")
+    print(f"checked {report.files} files, {report.blocks} blocks: {len(report.damaged)} damaged, "
+          f"{len(report.uploading)} still uploading")
+    if report.damaged:
+        raise CachefsError(f"{len(report.damaged)} damaged file(s)")
     return 0
 
 
@@ -444,6 +555,8 @@ COMMANDS = {
     "info": (_add_info, cmd_info),
     "clone": (_add_clone, cmd_clone),
     "warmup": (_add_warmup, cmd_warmup),
+    "flush": (_add_flush, cmd_flush),
+    "fsck": (_add_fsck, cmd_fsck),
     "stats": (_add_stats, cmd_stats),
     "bench": (_add_bench, cmd_bench),
 }

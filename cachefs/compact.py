@@ -18,11 +18,13 @@ def compact_chunk(meta: BaseMeta, store: ChunkStore, ino: int, indx: int, min_sl
     slices = meta.read_chunk(ino, indx)
     if len(slices) < min_slices:
         return False
+    if store.pending_ids is not None and store.pending_ids() & {s.id for s in slices}:
+        return False  # some blocks are still only in a writer's staging: compact later
     segs = resolve(slices)
     if not segs:
         return meta.compact_chunk(ino, indx, slices, [])
     start, end = segs[0].pos, segs[-1].pos + segs[-1].len
-    writer = store.writer(meta.new_slice_id())
+    writer = store.writer(meta.new_slice_id(), ino, stage=False)  # its commit records nothing pending
     bs = store.block_size
     try:
         for pos in range(start, end, bs):

@@ -43,6 +43,9 @@ class MountConfig:
     free_space_ratio: float = 0.1
     metrics: str = ""
     cache_large_writes: bool = False
+    writeback: bool = False
+    fsync_remote: bool = False
+    pending_timeout: float = 60.0
 
 
 def check_mountpoint(path: str) -> str:
@@ -92,7 +95,8 @@ def _write_state(cfg: MountConfig) -> None:
     path = state_file(cfg.mountpoint)
     fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "mountpoint": cfg.mountpoint, "meta_url": cfg.meta_url}, f)
+        json.dump({"pid": os.getpid(), "mountpoint": cfg.mountpoint, "meta_url": cfg.meta_url,
+                   "writeback": cfg.writeback}, f)
     os.rename(path + ".tmp", path)
 
 
@@ -226,13 +230,16 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
     try:
         vol = Volume(cfg.meta_url, VolumeOptions(cfg.read_only, cfg.max_uploads, cfg.max_downloads,
                                                  cfg.buffer_size << 20, cfg.cache_dirs, cfg.cache_size << 20,
-                                                 cfg.free_space_ratio, cfg.cache_large_writes))
+                                                 cfg.free_space_ratio, cfg.cache_large_writes, cfg.writeback,
+                                                 cfg.fsync_remote, cfg.pending_timeout))
     except CachefsError as e:
         return fail(str(e))
     bg = None
     try:
         vol.meta.new_session({"mountpoint": cfg.mountpoint, "hostname": socket.gethostname(),
-                              "version": __version__, "read_only": cfg.read_only})
+                              "version": __version__, "read_only": cfg.read_only,
+                              "writeback": cfg.writeback})
+        vol.recover()  # what a killed write-back run left in staging goes up before we are ready
         bg = Background(vol.meta, vol.chunks, vol.vfs, heartbeat=cfg.heartbeat,
                         session_timeout=cfg.session_timeout, trash_delay=cfg.trash_delay)
         ops = Operations(vol.vfs, vol.settings.block_size, cfg.threads, cfg.attr_cache, cfg.entry_cache,

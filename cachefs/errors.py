@@ -45,6 +45,10 @@ class ObjectError(CachefsError):
     errno = _errno.EIO
 
 
+class ObjectUnavailable(ObjectError):
+    """The object store kept failing in ways worth retrying (down, timing out, throttling)."""
+
+
 class ObjectNotFound(ObjectError):
     """An object that should exist is missing."""
 

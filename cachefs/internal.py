@@ -66,15 +66,20 @@ class InternalFile:
 class Control:
     """The commands `.control` understands; each works on inodes the CLI resolved."""
 
-    def __init__(self, meta, chunks) -> None:  # noqa: ANN001 - BaseMeta, ChunkStore
+    def __init__(self, meta, chunks, flush: Callable[[float | None], list[tuple[int, int]]]) -> None:  # noqa: ANN001
         self.meta = meta
         self.chunks = chunks
+        self._flush = flush
 
     def __call__(self, request: dict) -> dict:
         cmd = request.get("cmd")
         if cmd in ("warmup", "check", "evict"):
             inodes = [int(i) for i in request.get("inodes", [])]
             return getattr(self, cmd)(inodes, max(1, int(request.get("threads", 16))))
+        if cmd == "flush":
+            timeout = request.get("timeout")
+            left = self._flush(None if timeout is None else float(timeout))
+            return {"pending": [{"inode": ino, "bytes": n, "path": self.meta.path_of(ino)} for ino, n in left]}
         raise FSError(errno.EINVAL, f"unknown command {cmd!r}")
 
     def _slices(self, ino: int) -> list[tuple[int, int]]:

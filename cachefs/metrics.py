@@ -49,6 +49,14 @@ class Metrics:
         self.fuse_bytes = Counter("cachefs_fuse_bytes", "Bytes read and written through FUSE", ["op"],
                                   registry=r)
         self.pending_uploads = Gauge("cachefs_pending_uploads", "Blocks queued or being uploaded", registry=r)
+        self.staging_blocks = Gauge("cachefs_staging_blocks", "Write-back blocks staged and not yet uploaded",
+                                    registry=r)
+        self.staging_bytes = Gauge("cachefs_staging_bytes", "Bytes of staged write-back blocks on disk",
+                                   registry=r)
+        self.staging_fallbacks = Counter("cachefs_staging_fallbacks", "Blocks written through because "
+                                         "staging had no room", registry=r)
+        self.upload_failures = Counter("cachefs_writeback_upload_failures", "Write-back uploads that failed "
+                                       "(each is retried)", ["kind"], registry=r)
         self.checksum_errors = Counter("cachefs_checksum_errors", "Blocks that failed their checksum",
                                        ["source"], registry=r)
         self.prefetches = Counter("cachefs_prefetch_blocks", "Blocks fetched ahead of sequential readers",

@@ -84,17 +84,19 @@ class Handle:
 
 
 class VFS:
-    def __init__(self, meta: BaseMeta, store: ChunkStore, read_only: bool = False) -> None:
+    def __init__(self, meta: BaseMeta, store: ChunkStore, read_only: bool = False,
+                 fsync_remote: bool = False) -> None:
         self.meta = meta
         self.store = store
         self.read_only = read_only
+        self.fsync_remote = fsync_remote  # write-back: fsync waits for the upload
         self._files: dict[int, FileState] = {}
         self._files_lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
         self._next_fh = itertools.count(1)
         self.compact_queue: set[tuple[int, int]] = set()
         self._compact_lock = threading.Lock()
-        self.control = internal.Control(meta, store)
+        self.control = internal.Control(meta, store, self.flush_remote)
         self.max_readahead = max(store.block_size, store.buffer.capacity // 4)
         self._seen: dict[int, tuple[int, int]] = {}  # ino -> (mtime, length) at its last close here
         meta.is_open = self.is_open
@@ -294,7 +296,7 @@ class VFS:
                 n = min(len(mv), CHUNK_SIZE - cpos)
                 p = fs.active.get(indx)
                 if p is None or p.pos + p.writer.length != cpos:
-                    p = Pending(indx, cpos, self.store.writer(self.meta.new_slice_id()))
+                    p = Pending(indx, cpos, self.store.writer(self.meta.new_slice_id(), fs.ino))
                     fs.pending.append(p)
                     fs.active[indx] = p
                 p.writer.write(mv[:n])
@@ -324,14 +326,22 @@ class VFS:
                 sizes.append(0)
         records = [(p.indx, Slice(p.pos, p.writer.id, n, 0, n)) for p, n in zip(pending, sizes, strict=True)
                    if n]
+        wb = self.store.writeback
         try:
             if failure is not None:
                 raise failure
-            attr = self.meta.write(fs.ino, records)
+            staged: list[int] = []
+            if wb is not None:
+                staged = wb.outstanding(s.id for _, s in records)
+                if staged:
+                    wb.sync()  # the staged names must survive a crash before the commit says so
+            attr = self.meta.write(fs.ino, records, pending=staged)
         except Exception:
             fs.pending, fs.active = [], {}
             self._discard(pending, sizes)
             raise
+        if wb is not None:
+            wb.committed(s.id for _, s in records)
         fs.length = attr.length
         fs.seen = (attr.mtime, attr.length)
         fs.pending, fs.active = [], {}
@@ -448,9 +458,20 @@ class VFS:
         if h.state is not None:
             with h.state.lock:
                 self._flush_state(h.state)
+            self._upload_error(h.ino)
+
+    def _upload_error(self, ino: int) -> None:
+        """A rejected write-back upload of this file fails its next flush, fsync or close."""
+        wb = self.store.writeback
+        err = wb.error_of(ino) if wb is not None else None
+        if err is not None:
+            raise FSError(errno.EIO, f"upload failed: {err}")
 
     def fsync(self, fh: int, datasync: bool = False) -> None:
         self.flush(fh)
+        wb = self.store.writeback
+        if wb is not None and self.fsync_remote:
+            wb.wait(self._handle(fh).ino)
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         self._writable()
@@ -473,6 +494,7 @@ class VFS:
         try:
             with fs.lock:
                 self._flush_state(fs)
+            self._upload_error(fs.ino)
         finally:
             with self._files_lock:
                 fs.opens -= 1
@@ -511,6 +533,13 @@ class VFS:
         for fs in states:
             with fs.lock:
                 self._flush_state(fs)
+
+    def flush_remote(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        """Commit every open file's writes and wait until all data written before this call is
+        in the object store; returns what is still pending at the deadline as (inode, bytes)."""
+        self.flush_all()
+        wb = self.store.writeback
+        return [] if wb is None else wb.wait(None, timeout)
 
     def take_compactions(self) -> list[tuple[int, int]]:
         with self._compact_lock:

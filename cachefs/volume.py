@@ -3,6 +3,8 @@ the FUSE mount, the CLI and the Python API all share."""
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 
 from cachefs.meta import BaseMeta, open_meta
@@ -10,8 +12,13 @@ from cachefs.meta.types import Settings
 
 from .chunkstore import ChunkStore
 from .diskcache import DiskCache
+from .errors import ConfigError
 from .objects import ObjectStore, open_store
+from .staging import Staging, staging_dir
 from .vfs import VFS
+from .writeback import WriteBack
+
+log = logging.getLogger("cachefs.volume")
 
 
 @dataclass
@@ -24,6 +31,9 @@ class VolumeOptions:
     cache_size: int = 100 << 30
     free_space_ratio: float = 0.1
     cache_large_writes: bool = False
+    writeback: bool = False  # stage blocks durably on local disk, upload in the background
+    fsync_remote: bool = False  # write-back: fsync waits until the file is in the object store
+    pending_timeout: float = 60.0  # how long a read waits for another node's pending blocks
 
 
 class Volume:
@@ -48,7 +58,57 @@ class Volume:
                                  buffer_bytes=max(o.buffer_size, self.settings.block_size * 4),
                                  cache=self.cache, metrics=self.metrics,
                                  cache_large_writes=o.cache_large_writes)
-        self.vfs = VFS(self.meta, self.chunks, read_only=o.read_only)
+        self.chunks.pending_ids = lambda: {p.id for p in self.meta.pending_slices()}
+        self.chunks.pending_timeout = o.pending_timeout
+        self.writeback: WriteBack | None = None
+        try:
+            self._open_staging()
+        except BaseException:
+            self.chunks.close()
+            self.meta.close_engine()
+            raise
+        self.vfs = VFS(self.meta, self.chunks, read_only=o.read_only, fsync_remote=o.fsync_remote)
+
+    def _open_staging(self) -> None:
+        """Write-back staging (also opened without --writeback when a previous write-back run left
+        blocks there, so that recover() can upload them)."""
+        o = self.options
+        if o.writeback and (not o.cache_dirs or o.read_only):
+            raise ConfigError("--writeback needs a cache directory (--cache-dir) and a writable mount")
+        if not o.cache_dirs:
+            return
+        path = staging_dir(o.cache_dirs[0], self.settings.uuid)
+        if not o.writeback and not (os.path.isdir(path) and os.listdir(path)):
+            return
+        try:
+            staging = Staging(path, o.cache_size, o.free_space_ratio, self.metrics)
+        except OSError as e:
+            raise ConfigError(f"cannot use staging directory {path}: {e}") from None
+        self.writeback = WriteBack(self.objects, staging, self.chunks.key, self.meta.pending_done,
+                                   o.max_uploads, self.metrics)
+        self.chunks.writeback = self.writeback
+
+    def recover(self, timeout: float | None = None) -> tuple[int, int]:
+        """Upload what a killed write-back run left in staging: (slices, blocks). Runs before the
+        mount reports ready."""
+        if self.writeback is None:
+            return 0, 0
+        pending = {p.id: p.ino for p in self.meta.pending_slices()}
+        done = self.writeback.recover(pending, timeout)
+        if done[0]:
+            log.info("re-uploaded %d staged block(s) of %d slice(s) left by the last run", done[1], done[0])
+        if not self.options.writeback:
+            self.writeback.close()
+            self.writeback = self.chunks.writeback = None
+        return done
+
+    def flush(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        """Commit open files' writes and wait until everything is in the object store; returns
+        what is still pending at the deadline as (inode, bytes)."""
+        self.vfs.flush_all()
+        if self.writeback is None:
+            return []
+        return self.writeback.wait(None, timeout)
 
     def close(self) -> None:
         try:

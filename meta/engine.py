@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Protocol, TypeVar
 
 from cachefs.errors import ConfigError, FSError
@@ -269,6 +269,27 @@ class BaseMeta(ABC):
                 if a is not None:
                     out.append((name, child, a))
         return out
+
+    def path_of(self, ino: int) -> str | None:
+        """One path of an inode from the root (for reports: fsck, flush), or None when it has no
+        name any more. Walks parent pointers, listing each parent once."""
+        parts: list[bytes] = []
+        cur = ino
+        for _ in range(4096):
+            if cur == ROOT_INODE:
+                return "/" + b"/".join(reversed(parts)).decode(errors="replace")
+            try:
+                attr = self.getattr(cur)
+            except FSError:
+                return None
+            if not attr.parent or attr.nlink == 0:
+                return None
+            name = next((n for n, i, _ in self._list_entries(attr.parent) if i == cur), None)
+            if name is None:
+                return None
+            parts.append(name)
+            cur = attr.parent
+        return None
 
     def read_chunk(self, ino: int, indx: int) -> list[Slice]:
         return self._read(lambda tx: tx.get_slices(ino, indx))
@@ -583,11 +604,11 @@ class BaseMeta(ABC):
         return self._txn(fn)
 
     def write(self, ino: int, slices: list[tuple[int, Slice]], mtime: int | None = None,
-              pending: bool = False) -> Attr:
+              pending: Collection[int] = ()) -> Attr:
         """Commit written slices (chunk index, record) of one file in one transaction.
 
-        pending=True (write-back) records in the same transaction that the slices' blocks are not
-        in the object store yet, held by this session: no reader or fsck can see the commit
+        `pending` (write-back) names slices whose blocks are not in the object store yet: the same
+        transaction records them as held by this session: no reader or fsck can see the commit
         without knowing that."""
 
         def fn(tx: Tx) -> Attr:
@@ -603,8 +624,8 @@ class BaseMeta(ABC):
                 newlen = max(newlen, indx * CHUNK_SIZE + s.pos + s.len)
             for indx, group in by_chunk.items():
                 tx.append_slices(ino, indx, group)
-            if pending:
-                for _, s in slices:
+            for _, s in slices:
+                if s.id in pending:
                     tx.add_pending(s.id, self.sid, ino, s.size)
             tx.add_usage(_align4k(newlen) - _align4k(attr.length), 0)
             attr.length = newlen

@@ -236,14 +236,14 @@ def test_dead_session_is_cleaned(meta, meta_url):
 def test_pending_slices_recorded_with_commit_and_kept_past_session(meta, meta_url):
     f = mkfile(meta, ROOT_INODE, b"f")
     s1, s2 = (Slice(0, meta.new_slice_id(), 10, 0, 10), Slice(10, meta.new_slice_id(), 7, 0, 7))
-    meta.write(f, [(0, s1)], pending=True)
+    meta.write(f, [(0, s1)], pending=[s1.id])
     meta.write(f, [(0, s2)])  # write-through: not pending
     assert meta.pending_slices() == [PendingSlice(s1.id, meta.sid, f, 10)]
     other = open_meta(meta_url)
     other.load()
     other.new_session({})
     s3 = Slice(17, other.new_slice_id(), 3, 0, 3)
-    other.write(f, [(0, s3)], pending=True)
+    other.write(f, [(0, s3)], pending={s3.id})
     other._session_put(other.sid, 0.0, {})
     assert meta.clean_stale_sessions(10) == [other.sid]
     # a dead writer's pending slices stay listed: its node may come back and upload them

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from cachefs.errors import ObjectError, ObjectNotFound
+from cachefs.errors import ObjectError, ObjectNotFound, ObjectUnavailable
 from cachefs.metrics import Metrics
 
 T = TypeVar("T")
@@ -47,7 +47,7 @@ class ObjectStore(ABC):
                 m.object_requests.labels(op).inc()
                 m.object_errors.labels(op).inc()
                 if attempt == self.max_attempts:
-                    raise ObjectError(f"{self} {op} failed after {attempt} attempts: {e}") from None
+                    raise ObjectUnavailable(f"{self} {op} failed after {attempt} attempts: {e}") from None
                 time.sleep(random.uniform(0, delay))
                 delay = min(self.max_delay, delay * 2)
             except ObjectNotFound:

@@ -1,0 +1,78 @@
+"""fsck: which files have blocks the object store does not hold.
+
+A missing block of a slice still pending on a live session is an upload in progress, not damage;
+one pending on an ended session is damage unless that node comes back with its staging
+directory (then its mount uploads it), so it is reported with that hint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from cachefs.meta import BaseMeta
+from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, TYPE_DIR, TYPE_FILE
+
+from .block import block_key, block_lengths
+from .objects import ObjectStore
+
+
+@dataclass
+class Finding:
+    path: str
+    missing: int  # blocks
+    total: int
+    ended_sessions: set[int] = field(default_factory=set)  # writers gone with blocks still staged
+
+
+@dataclass
+class Report:
+    files: int = 0
+    blocks: int = 0
+    damaged: list[Finding] = field(default_factory=list)
+    uploading: list[Finding] = field(default_factory=list)
+
+
+def check(meta: BaseMeta, store: ObjectStore, volume: str, block_size: int,
+          session_timeout: float = 60.0) -> Report:
+    present = {key for key, _ in store.list(f"{volume}/chunks/")}
+    pending = {p.id: p.sid for p in meta.pending_slices()}
+    cutoff = time.time() - session_timeout
+    alive = {s.sid for s in meta.sessions() if s.heartbeat >= cutoff}
+    report = Report()
+    seen: set[int] = set()
+    stack: list[tuple[int, str]] = [(ROOT_INODE, "")]
+    while stack:
+        dino, dpath = stack.pop()
+        for name, ino, attr in meta.readdir(dino):
+            path = f"{dpath}/{name.decode(errors='replace')}"
+            if attr.type == TYPE_DIR:
+                stack.append((ino, path))
+                continue
+            if attr.type != TYPE_FILE or ino in seen:
+                continue
+            seen.add(ino)
+            report.files += 1
+            f = Finding(path, 0, 0)
+            uploading = False
+            for indx in range((attr.length + CHUNK_SIZE - 1) // CHUNK_SIZE):
+                for s in meta.read_chunk(ino, indx):
+                    if not s.id:
+                        continue
+                    for i, n in enumerate(block_lengths(s.size, block_size)):
+                        f.total += 1
+                        if block_key(volume, s.id, i, n) in present:
+                            continue
+                        f.missing += 1
+                        sid = pending.get(s.id)
+                        if sid in alive:
+                            uploading = True
+                        elif sid is not None:
+                            f.ended_sessions.add(sid)
+            report.blocks += f.total
+            if f.missing:
+                if uploading and not f.ended_sessions:
+                    report.uploading.append(f)
+                else:
+                    report.damaged.append(f)
+    return report
