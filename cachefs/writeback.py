@@ -38,6 +38,7 @@ class _Slice:
     ino: int
     left: dict[int, int] = field(default_factory=dict)  # index -> length, staged and not uploaded
     staged: dict[int, int] = field(default_factory=dict)  # index -> length, every staged block
+    recorded: bool = False  # named as pending in the commit: its record must be cleared
     committed: bool = False
     abandoned: bool = False
     error: Exception | None = None
@@ -82,7 +83,10 @@ class WriteBack:
     def outstanding(self, ids: Iterable[int]) -> list[int]:
         """Those of ids with staged blocks not yet uploaded: the commit records them as pending."""
         with self._cond:
-            return [i for i in ids if (s := self._slices.get(i)) is not None and s.left]
+            out = [i for i in ids if (s := self._slices.get(i)) is not None and s.left]
+            for i in out:
+                self._slices[i].recorded = True
+            return out
 
     def committed(self, ids: Iterable[int]) -> None:
         """The slices are in the metadata engine now (as pending when outstanding() said so)."""
@@ -92,8 +96,8 @@ class WriteBack:
                 if s is None:
                     continue
                 s.committed = True
-                if not s.left:
-                    self._finish(i, s, was_pending=False)
+                if not s.left:  # uploaded already (maybe between outstanding() and the commit)
+                    self._finish(i, s, was_pending=s.recorded)
 
     def abandon(self, ids: Iterable[int]) -> None:
         """Slices that will never be committed: forget their staged blocks."""
@@ -157,7 +161,7 @@ class WriteBack:
                 s.error = None
                 s.left.pop(index, None)
                 if not s.left and s.committed and not s.abandoned:
-                    self._finish(slice_id, s, was_pending=True)
+                    self._finish(slice_id, s, was_pending=s.recorded)
                 self._cond.notify_all()
             return
 
@@ -264,7 +268,7 @@ class WriteBack:
                 if slice_id not in pending:
                     self.staging.remove(slice_id, index, length)
                     continue
-                s = self._slices.setdefault(slice_id, _Slice(pending[slice_id], committed=True))
+                s = self._slices.setdefault(slice_id, _Slice(pending[slice_id], recorded=True, committed=True))
                 s.left[index] = length
                 s.staged[index] = length
                 slices.add(slice_id)

@@ -4,7 +4,9 @@ and real FUSE mounts that are always unmounted, even when a test fails."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -142,3 +144,36 @@ def wait_for(pred, timeout: float = 10.0, interval: float = 0.05):
         if time.time() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+# ---- write-back helpers -------------------------------------------------------------------
+@pytest.fixture
+def own_s3():
+    """An S3 server of this test's own, so stopping it disturbs no other test."""
+    server = S3Server()
+    try:
+        yield server
+    finally:
+        server.resume()
+        server.stop()
+
+
+def s3_volume(volumes, server: S3Server) -> str:
+    url = volumes.meta_url("redis")
+    run_cli("format", url, f"wb{uuid.uuid4().hex[:6]}", "--storage", "s3", "--bucket",
+            server.bucket_url(f"b-{uuid.uuid4().hex[:12]}"))
+    return url
+
+
+def pending_of(url: str) -> int:
+    status = json.loads(run_cli("status", url).stdout)
+    return sum(s["pending_bytes"] for s in status["sessions"]) + sum(
+        s["pending_bytes"] for s in status.get("pending_of_ended_sessions", []))
+
+
+def kill(mounts, mp: str) -> None:
+    os.kill(mounts.pid(mp), signal.SIGKILL)
+    wait_for(lambda: run_cli("umount", mp, check=False).returncode == 0 or not os.path.ismount(mp), 10)
+    mounts.active.remove(mp)
+
+

@@ -238,3 +238,18 @@ def test_reader_waits_for_pending_blocks_then_eio_when_writer_is_gone(url, tmp_p
     assert 0.9 <= time.monotonic() - t0 < 10
     short.close()
     gate.released.set()
+
+
+def test_uploads_racing_the_commit_leave_no_pending_record(url, tmp_path):
+    # uploads finishing between "which slices are outstanding" and the commit must still clear
+    # the record the commit wrote (a lost clear leaves the file pending forever)
+    vol = open_volume(url, str(tmp_path / "c"))
+    for i in range(60):
+        write_file(vol, f"f{i}".encode(), os.urandom(BS + i * 97))
+    assert vol.flush(timeout=30) == []
+    wait = time.monotonic() + 10
+    while vol.meta.pending_slices() and time.monotonic() < wait:
+        time.sleep(0.05)
+    assert vol.meta.pending_slices() == []
+    assert os.listdir(vol.writeback.staging.path) == []
+    vol.close()
