@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.results import replace_section  # noqa: E402
 from tests.servers import RedisServer, S3Server  # noqa: E402
 
 JUICEFS_VERSION = "1.4.2"
@@ -316,7 +317,7 @@ def write_results(table: str, a: argparse.Namespace, targets: list[Target]) -> N
     import cachefs
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 30
-    text = f"""# Benchmark results
+    text = f"""## Side by side: fio and small files (`bench/compare.py`)
 
 Measured by `python bench/compare.py --size {a.size} --runtime {a.runtime} --small-files {a.small_files}`
 on {time.strftime('%Y-%m-%d')}, all targets in one run on one machine.
@@ -331,8 +332,7 @@ on {time.strftime('%Y-%m-%d')}, all targets in one run on one machine.
 
 {table}
 """
-    with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
-        f.write(text)
+    replace_section("compare", text)
 
 
 if __name__ == "__main__":

@@ -31,14 +31,22 @@ def block_lengths(size: int, block_size: int) -> list[int]:
     return [block_size] * full + ([rest] if rest else [])
 
 
-def encode_block(plain: bytes | bytearray | memoryview, compression: str) -> bytes:
+def encode_parts(plain: bytes | bytearray | memoryview, compression: str) -> tuple[bytes, bytes | bytearray]:
+    """The stored block as (header, payload), so a writer can write both without joining them
+    (the payload may be `plain` itself)."""
     digest = xxhash.xxh64_intdigest(plain)
     codec, payload = CODEC_NONE, plain
     if compression == "lz4" and len(plain) > 64:
         packed = lz4.block.compress(plain, store_size=False)
         if len(packed) < len(plain):
             codec, payload = CODEC_LZ4, packed
-    return HEADER.pack(MAGIC, codec, digest, len(plain)) + bytes(payload)
+    if isinstance(payload, memoryview):
+        payload = bytes(payload)
+    return HEADER.pack(MAGIC, codec, digest, len(plain)), payload
+
+
+def encode_block(plain: bytes | bytearray | memoryview, compression: str) -> bytes:
+    return b"".join(encode_parts(plain, compression))
 
 
 def decode_block(data: bytes, expected_len: int, what: str = "block") -> bytes:

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .block import block_key, block_lengths, decode_block, encode_block
+from .block import block_key, block_lengths, decode_block, encode_parts
 from .diskcache import DiskCache
 from .errors import ChecksumError, ObjectError, ObjectNotFound
 from .metrics import Metrics
@@ -101,7 +101,8 @@ class ChunkStore:
         return block_key(self.volume, slice_id, index, length)
 
     # ---- writing ---------------------------------------------------------------------------
-    def put_block(self, slice_id: int, index: int, data: bytes, ino: int = 0, stage: bool = True) -> Future:
+    def put_block(self, slice_id: int, index: int, data: bytes | bytearray, ino: int = 0,
+                  stage: bool = True) -> Future:
         """Upload one block in the background (or, in write-back mode, stage it durably and
         queue its upload); blocks while the upload buffer is full. The future is done when the
         block is in the object store or durable in staging."""
@@ -112,12 +113,12 @@ class ChunkStore:
 
         def run() -> None:
             try:
-                encoded = encode_block(data, self.compression)
+                parts = encode_parts(data, self.compression)
                 if wb is not None:
-                    if wb.stage(slice_id, ino, index, len(data), encoded):
+                    if wb.stage(slice_id, ino, index, len(data), parts):
                         return
                     self.metrics.staging_fallbacks.inc()  # no room: write it through
-                self.store.put(key, encoded)
+                self.store.put(key, b"".join(parts))
                 if self.cache is not None and (self.cache_large_writes or len(data) < self.block_size):
                     self.cache.put(key, data)
             finally:
@@ -329,27 +330,23 @@ class SliceWriter:
         self.ino = ino
         self.stage = stage
         self.length = 0
-        self._buf: list[bytes] = []
-        self._buffered = 0
+        self._block = bytearray()  # the block being filled: one copy of the caller's bytes
         self._next_index = 0
         self._futures: list[Future] = []
 
-    def write(self, data: bytes) -> None:
-        self._buf.append(bytes(data))
-        self._buffered += len(data)
-        self.length += len(data)
+    def write(self, data: bytes | memoryview) -> None:
+        mv = memoryview(data)
+        self.length += len(mv)
         bs = self.cs.block_size
-        if self._buffered >= bs:
-            joined = b"".join(self._buf)
-            pos = 0
-            while len(joined) - pos >= bs:
-                self._upload(joined[pos : pos + bs])
-                pos += bs
-            rest = joined[pos:]
-            self._buf = [rest] if rest else []
-            self._buffered = len(rest)
+        while mv:
+            take = mv[: bs - len(self._block)]
+            self._block += take
+            mv = mv[len(take) :]
+            if len(self._block) == bs:
+                self._upload(self._block)  # handed over: never touched here again
+                self._block = bytearray()
 
-    def _upload(self, block: bytes) -> None:
+    def _upload(self, block: bytes | bytearray) -> None:
         self._futures.append(self.cs.put_block(self.id, self._next_index, block, self.ino, self.stage))
         self._next_index += 1
         # surface early failures instead of queueing more work behind them
@@ -359,9 +356,9 @@ class SliceWriter:
 
     def finish(self) -> int:
         """Upload the tail and wait for every block; raises ObjectError if any upload failed."""
-        if self._buffered:
-            self._upload(b"".join(self._buf))
-            self._buf, self._buffered = [], 0
+        if self._block:
+            self._upload(self._block)
+            self._block = bytearray()
         err: BaseException | None = None
         for f in self._futures:
             try:

@@ -63,16 +63,17 @@ class Staging:
         free = st.f_bavail * st.f_frsize
         return free - n > self.free_ratio * st.f_blocks * st.f_frsize
 
-    def put(self, slice_id: int, index: int, length: int, encoded: bytes) -> bool:
-        """Stage a block durably; False when there is no room (the caller writes it through)."""
-        n = len(encoded)
+    def put(self, slice_id: int, index: int, length: int, encoded: tuple[bytes | bytearray, ...]) -> bool:
+        """Stage a stored block (its parts) durably; False when there is no room (the caller
+        writes it through)."""
+        n = sum(map(len, encoded))
         with self._lock:
             if not self._room(n):
                 return False
             self.used += n  # reserved while it is written
         ident = (slice_id, index, length)
         try:
-            write_atomic(self.file(*ident), encoded, fsync=True)
+            write_atomic(self.file(*ident), *encoded, fsync=True)
         except OSError as e:
             with self._lock:
                 self.used -= n

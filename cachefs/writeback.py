@@ -68,8 +68,9 @@ class WriteBack:
         self._confirmer.start()
 
     # ---- the write path -------------------------------------------------------------------
-    def stage(self, slice_id: int, ino: int, index: int, length: int, encoded: bytes) -> bool:
-        """Stage one block and queue its upload; False when staging has no room."""
+    def stage(self, slice_id: int, ino: int, index: int, length: int, encoded: tuple[bytes, ...]) -> bool:
+        """Stage one stored block (given as parts: header, payload) and queue its upload; False
+        when staging has no room."""
         with self._cond:
             s = self._slices.setdefault(slice_id, _Slice(ino))
         if not self.staging.put(slice_id, index, length, encoded):

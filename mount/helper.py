@@ -11,10 +11,11 @@ import sys
 # mount(8) options with no meaning for us
 IGNORED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "exec", "noexec",
            "suid", "nosuid", "dev", "nodev", "async", "relatime", "noatime", "atime"}
-FLAGS = {"ro": "--read-only", "read-only": "--read-only", "cache-large-write": "--cache-large-write"}
+FLAGS = {"ro": "--read-only", "read-only": "--read-only", "cache-large-write": "--cache-large-write",
+         "writeback": "--writeback"}
 VALUED = {"attr-cache", "entry-cache", "dir-entry-cache", "heartbeat", "session-timeout", "trash-delay",
           "max-uploads", "max-downloads", "buffer-size", "threads", "log", "cache-dir", "cache-size",
-          "free-space-ratio", "metrics"}
+          "free-space-ratio", "metrics", "fsync", "pending-timeout"}
 FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions"}
 
 

@@ -1,0 +1,243 @@
+"""Checkpoint benchmark: how long `torch.save` of a state dict blocks training, and how long
+until the checkpoint is durable in S3, on a local directory, cachefs write-through, cachefs
+write-back and JuiceFS --writeback, all against one redis-server and one S3 server (moto) on
+loopback, started here. The raw PUT throughput of that S3 server is measured in the same run.
+
+    python bench/checkpoint.py                        # 1 GiB, best of 2 (a few minutes)
+    python bench/checkpoint.py --size 64 --repeat 1 --no-results   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.compare import JUICEFS_VERSION, drop_caches, ensure_juicefs, make_bucket, sh  # noqa: E402
+from bench.results import replace_section  # noqa: E402
+from tests.servers import RedisServer, S3Server  # noqa: E402
+
+MiB = 1 << 20
+
+
+@dataclass
+class Result:
+    name: str
+    returns: list[float] = field(default_factory=list)  # seconds until torch.save returned
+    durable: list[float] = field(default_factory=list)  # seconds until the data was in S3
+
+    def best(self, xs: list[float]) -> float | None:
+        return min(xs) if xs else None
+
+
+def state_dict(size: int):  # noqa: ANN201 - a dict of tensors
+    import torch
+
+    n = max(1, size // (16 * MiB))
+    g = torch.Generator().manual_seed(0)
+    return {f"layers.{i}.weight": torch.randn(16 * MiB // 4, generator=g) for i in range(n)}
+
+
+def raw_put_throughput(endpoint: str, size: int, threads: int = 16) -> float:
+    """MiB/s of parallel 4 MiB PUTs with boto3 against the same server: the upload ceiling."""
+    import boto3
+    from botocore.config import Config
+
+    bucket = f"raw-{uuid.uuid4().hex[:8]}"
+    make_bucket(endpoint, bucket)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          config=Config(max_pool_connections=threads, s3={"addressing_style": "path"}))
+    body = os.urandom(4 * MiB)
+    count = max(1, size // (4 * MiB))
+    keys = iter(range(count))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(keys, None)
+            if i is None:
+                return
+            client.put_object(Bucket=bucket, Key=f"o{i}", Body=body)
+
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return count * 4 * MiB / MiB / (time.perf_counter() - t0)
+
+
+def timed_save(sd: dict, path: str, durable: Callable[[], None] | None) -> tuple[float, float | None]:
+    import torch
+
+    drop_caches()
+    t0 = time.perf_counter()
+    torch.save(sd, path)
+    returned = time.perf_counter() - t0
+    if durable is None:
+        return returned, None
+    durable()
+    return returned, time.perf_counter() - t0
+
+
+def cachefs_cli(*args: str) -> str:
+    return sh(sys.executable, "-m", "cachefs.cli", *args)
+
+
+def run_cachefs(name: str, sd: dict, work: str, meta_url: str, bucket: str, writeback: bool,
+                repeat: int) -> Result:
+    mp = os.path.join(work, f"mnt-{name.replace(' ', '-')}")
+    cache = mp + "-cache"
+    os.makedirs(mp, exist_ok=True)
+    cachefs_cli("format", meta_url, "ckpt", "--storage", "s3", "--bucket", bucket)
+    flags = ["--writeback"] if writeback else []
+    cachefs_cli("mount", meta_url, mp, "--background", "--cache-dir", cache, "--log", cache + ".log", *flags)
+    r = Result(name)
+    try:
+        for i in range(repeat):
+            flush = (lambda: cachefs_cli("flush", mp)) if writeback else (lambda: None)
+            ret, dur = timed_save(sd, os.path.join(mp, f"ckpt{i}.pt"), flush)
+            r.returns.append(ret)
+            r.durable.append(dur)
+    finally:
+        cachefs_cli("umount", mp)
+    return r
+
+
+def run_juicefs(sd: dict, work: str, meta_url: str, bucket: str, repeat: int) -> Result:
+    exe = shutil.which("juicefs")
+    mp, cache = os.path.join(work, "mnt-juicefs"), os.path.join(work, "juicefs-cache")
+    os.makedirs(mp, exist_ok=True)
+    endpoint, _, name = bucket.rpartition("/")
+    make_bucket(endpoint, name)
+    sh(exe, "format", "--storage", "s3", "--bucket", bucket, "--access-key", "testing", "--secret-key", "testing",
+       "--trash-days", "0", meta_url, "jfsckpt")
+    sh(exe, "mount", "-d", "--writeback", "--cache-dir", cache, "--log", cache + ".log", meta_url, mp)
+
+    def drained() -> None:
+        """JuiceFS keeps write-back blocks under <cache>/<uuid>/rawstaging until uploaded."""
+        while True:
+            staged = [f for d, _, fs in os.walk(cache) if "rawstaging" in d for f in fs]
+            if not staged:
+                return
+            time.sleep(0.05)
+
+    r = Result("JuiceFS --writeback")
+    try:
+        for i in range(repeat):
+            ret, dur = timed_save(sd, os.path.join(mp, f"ckpt{i}.pt"), drained)
+            r.returns.append(ret)
+            r.durable.append(dur)
+    finally:
+        sh(exe, "umount", mp, check=False)
+    return r
+
+
+def render(results: list[Result], size: int, raw_put: float) -> str:
+    local = next((r for r in results if r.name == "local dir"), None)
+    jfs = next((r for r in results if r.name.startswith("JuiceFS")), None)
+    rows = ["| target | torch.save returns (s) | vs local dir | vs JuiceFS --writeback | durable in S3 (s) "
+            "| upload MiB/s | upload / raw PUT |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        ret, dur = r.best(r.returns), r.best([d for d in r.durable if d is not None])
+        vs_local = f"{ret / local.best(local.returns):.2f}x" if local and ret else "-"
+        vs_jfs = f"{ret / jfs.best(jfs.returns):.2f}x" if jfs and ret else "-"
+        up = size / MiB / dur if dur else None
+        rows.append(f"| {r.name} | {ret:.2f} | {vs_local} | {vs_jfs} | {f'{dur:.2f}' if dur else '-'} "
+                    f"| {f'{up:.0f}' if up else '-'} | {f'{up / raw_put:.2f}x' if up else '-'} |")
+    rows.append(f"| raw PUT, 16 threads x 4 MiB (boto3) | - | - | - | - | {raw_put:.0f} | 1.00x |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1024, help="MiB of state dict (default 1024)")
+    ap.add_argument("--repeat", type=int, default=2, help="saves per target, the best counts (default 2)")
+    ap.add_argument("--targets", default="local,cachefs,cachefs-wb,juicefs")
+    ap.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/checkpoint.py: run as root (it mounts file systems and drops caches)", file=sys.stderr)
+        return 1
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("bench/checkpoint.py: needs PyTorch (pip install torch==2.13.0)", file=sys.stderr)
+        return 1
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    size = a.size * MiB
+    wanted = a.targets.split(",")
+    work = tempfile.mkdtemp(prefix="cachefs-ckpt-")
+    redis, s3 = RedisServer(), S3Server()
+    results: list[Result] = []
+    try:
+        sd = state_dict(size)
+        size = sum(t.numel() * t.element_size() for t in sd.values())
+        raw_put = statistics.median(raw_put_throughput(s3.endpoint, size) for _ in range(2))
+        if "local" in wanted:
+            local = os.path.join(work, "local")
+            os.makedirs(local)
+            r = Result("local dir")
+            for i in range(a.repeat):
+                r.returns.append(timed_save(sd, os.path.join(local, f"ckpt{i}.pt"), None)[0])
+            results.append(r)
+        if "cachefs" in wanted:
+            results.append(run_cachefs("cachefs write-through", sd, work, redis.url(1), s3.bucket_url("ckpt-wt"),
+                                       False, a.repeat))
+        if "cachefs-wb" in wanted:
+            results.append(run_cachefs("cachefs write-back", sd, work, redis.url(2), s3.bucket_url("ckpt-wb"),
+                                       True, a.repeat))
+        if "juicefs" in wanted and ensure_juicefs():
+            results.append(run_juicefs(sd, work, redis.url(3), s3.bucket_url("ckpt-jfs"), a.repeat))
+    finally:
+        redis.stop()
+        s3.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    table = render(results, size, raw_put)
+    print(table)
+    if not a.no_results:
+        write_results(table, a, size)
+    return 0
+
+
+def write_results(table: str, a: argparse.Namespace, size: int) -> None:
+    import torch
+
+    import cachefs
+
+    juicefs = subprocess.run(["juicefs", "version"], capture_output=True, text=True).stdout.strip() \
+        if shutil.which("juicefs") else f"JuiceFS {JUICEFS_VERSION} not installed"
+    text = f"""## Checkpoints: torch.save onto the mount (`bench/checkpoint.py`)
+
+Measured by `python bench/checkpoint.py --size {a.size} --repeat {a.repeat}` on {time.strftime('%Y-%m-%d')},
+all targets in one run: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},
+torch {torch.__version__}, cachefs {cachefs.__version__}, {juicefs}; one redis-server and one moto S3
+server on loopback. A state dict of {size / MiB:.0f} MiB (float32 tensors of 16 MiB) saved with
+`torch.save`, page cache dropped first; best of {a.repeat}. "returns" is how long training is blocked;
+"durable" is until `cachefs flush` returns (cachefs write-back), until JuiceFS's rawstaging directory is
+empty (JuiceFS), or the return itself (write-through). Upload MiB/s = size / durable time, compared with
+parallel 4 MiB PUTs from boto3 to the same server in the same run.
+
+{table}
+"""
+    replace_section("checkpoint", text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
