@@ -100,12 +100,12 @@ def cachefs_cli(*args: str) -> str:
 
 
 def run_cachefs(name: str, sd: dict, work: str, meta_url: str, bucket: str, writeback: bool,
-                repeat: int) -> Result:
+                repeat: int, extra: list[str]) -> Result:
     mp = os.path.join(work, f"mnt-{name.replace(' ', '-')}")
     cache = mp + "-cache"
     os.makedirs(mp, exist_ok=True)
     cachefs_cli("format", meta_url, "ckpt", "--storage", "s3", "--bucket", bucket)
-    flags = ["--writeback"] if writeback else []
+    flags = (["--writeback"] if writeback else []) + extra
     cachefs_cli("mount", meta_url, mp, "--background", "--cache-dir", cache, "--log", cache + ".log", *flags)
     r = Result(name)
     try:
@@ -169,6 +169,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1024, help="MiB of state dict (default 1024)")
     ap.add_argument("--repeat", type=int, default=2, help="saves per target, the best counts (default 2)")
     ap.add_argument("--targets", default="local,cachefs,cachefs-wb,juicefs")
+    ap.add_argument("--cachefs-flags", default="", help="extra `cachefs mount` flags for both cachefs targets")
     ap.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -199,10 +200,10 @@ def main() -> int:
             results.append(r)
         if "cachefs" in wanted:
             results.append(run_cachefs("cachefs write-through", sd, work, redis.url(1), s3.bucket_url("ckpt-wt"),
-                                       False, a.repeat))
+                                       False, a.repeat, a.cachefs_flags.split()))
         if "cachefs-wb" in wanted:
             results.append(run_cachefs("cachefs write-back", sd, work, redis.url(2), s3.bucket_url("ckpt-wb"),
-                                       True, a.repeat))
+                                       True, a.repeat, a.cachefs_flags.split()))
         if "juicefs" in wanted and ensure_juicefs():
             results.append(run_juicefs(sd, work, redis.url(3), s3.bucket_url("ckpt-jfs"), a.repeat))
     finally:

@@ -24,3 +24,18 @@ def test_compare_smoke():
         cells = [c.strip() for c in rows[job].split("|")[3:6]]
         assert all(c != "-" and float(c) > 0 for c in cells), rows[job]
     assert "failed" not in res.stdout
+
+
+def test_checkpoint_smoke():
+    pytest.importorskip("torch")
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "checkpoint.py"), "--size", "32",
+                          "--repeat", "1", "--targets", "local,cachefs,cachefs-wb", "--no-results"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in res.stdout.splitlines() if line.startswith("| ")}
+    assert float(rows["local dir"][0]) > 0
+    for name in ("cachefs write-through", "cachefs write-back"):
+        returns, durable, upload = float(rows[name][0]), float(rows[name][3]), float(rows[name][4])
+        assert 0 < returns <= durable and upload > 0
+    assert float(rows["raw PUT, 16 threads x 4 MiB (boto3)"][4]) > 0
