@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import sys
 import time
 import uuid
@@ -95,7 +96,8 @@ def cmd_format(a: argparse.Namespace) -> int:
 def _add_mount(sub) -> None:
     p = sub.add_parser("mount", help="mount a volume", description="Mount a volume with FUSE. Runs in the "
                        "foreground unless --background is given.")
-    p.add_argument("meta_url", metavar="META_URL")
+    p.add_argument("meta_url", metavar="META_URL", help="or - to read it from $CACHEFS_META_URL (keeps a "
+                   "password out of the process list)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--background", "-d", action="store_true",
                    help="return once the mount is ready (or failed, with the reason)")
@@ -304,7 +306,7 @@ def cmd_info(a: argparse.Namespace) -> int:
             st = os.lstat(path)
         except OSError as e:
             raise ConfigError(f"{path}: {e.strerror}") from None
-        with _opened(_mount_of(path)["meta_url"]) as (meta, settings):
+        with _opened(_mount_of(path, need_meta=True)["meta_url"]) as (meta, settings):
             attr = meta.getattr(st.st_ino)
             print(f"{path}:\n  inode: {st.st_ino}\n  size: {attr.length}")
             nchunks = (attr.length + CHUNK_SIZE - 1) // CHUNK_SIZE if attr.type == TYPE_FILE else 0
@@ -335,7 +337,7 @@ def cmd_clone(a: argparse.Namespace) -> int:
         parent = os.stat(parent_dir)
     except OSError as e:
         raise ConfigError(f"{e.filename}: {e.strerror}") from None
-    state = _mount_of(a.src)
+    state = _mount_of(a.src, need_meta=True)
     if _mount_of(parent_dir)["mountpoint"] != state["mountpoint"]:
         raise ConfigError("SRC and DST must be on the same mounted volume")
     with _opened(state["meta_url"]) as (meta, _settings):
@@ -533,18 +535,59 @@ def _opened(meta_url: str) -> Iterator[tuple[BaseMeta, Settings]]:
         meta.close_engine()
 
 
-def _mount_of(path: str) -> dict:
-    """The state record of the mount that holds path (its mountpoint and metadata URL)."""
+def _mount_of(path: str, need_meta: bool = False) -> dict:
+    """The state record of the mount that holds path (its mountpoint and metadata URL). Where
+    no record is at hand (a pod that sees a CSI bind mount of a subdirectory), the nearest mount
+    point above path that serves `.control` stands in, without the URL."""
     from .daemon import read_state
 
     cur = os.path.realpath(path)
+    fallback = None
     while True:
         state = read_state(cur)
         if state:
             return state
+        if fallback is None and os.path.ismount(cur) and os.path.exists(os.path.join(cur, ".control")):
+            fallback = {"mountpoint": cur}
         if cur == "/":
-            raise ConfigError(f"{path} is not on a mounted cachefs volume")
+            break
         cur = os.path.dirname(cur)
+    if fallback is None:
+        raise ConfigError(f"{path} is not on a mounted cachefs volume")
+    if need_meta:
+        raise ConfigError(f"{path}: the mount's metadata URL is not known here (run this where the volume "
+                          "was mounted)")
+    return fallback
+
+
+def _add_csi(sub) -> None:
+    p = sub.add_parser("csi", help="run the Kubernetes CSI driver", description="Serve the CSI driver "
+                       "csi.cachefs.io (Identity, Node, Controller) over gRPC on a unix socket.")
+    p.add_argument("--endpoint", required=True, metavar="unix:///PATH/csi.sock")
+    p.add_argument("--node-id", default=socket.gethostname(), help="this node's name (default: hostname)")
+    p.add_argument("--mode", choices=["all", "node", "controller"], default="all",
+                   help="services to offer: node (DaemonSet), controller (Deployment) or all (default)")
+    p.add_argument("--state-dir", default="/var/lib/cachefs/csi", help="volume mounts and the targets "
+                   "published from them (default /var/lib/cachefs/csi)")
+    p.add_argument("--cache-dir", default="/var/cache/cachefs", help="cache dir for volume mounts "
+                   "(default /var/cache/cachefs; a cache-dir mount option overrides it)")
+    p.add_argument("--max-volumes", type=int, default=64, help="volumes per node (default 64)")
+    p.add_argument("--flush-timeout", type=float, default=300.0,
+                   help="seconds a write-back volume mount may flush when its last pod leaves (default 300)")
+    p.add_argument("--log", default="", help="log file (default: stderr)")
+
+
+def cmd_csi(a: argparse.Namespace) -> int:
+    import logging
+
+    from cachefs.mount.csi import serve
+
+    if a.max_volumes < 1 or a.flush_timeout < 0:
+        raise ConfigError("--max-volumes must be at least 1 and --flush-timeout >= 0")
+    handler = logging.FileHandler(a.log) if a.log else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    return serve(a.endpoint, a.node_id, a.state_dir, a.cache_dir, a.mode, a.max_volumes, a.flush_timeout)
 
 
 COMMANDS = {
@@ -557,6 +600,7 @@ COMMANDS = {
     "warmup": (_add_warmup, cmd_warmup),
     "flush": (_add_flush, cmd_flush),
     "fsck": (_add_fsck, cmd_fsck),
+    "csi": (_add_csi, cmd_csi),
     "stats": (_add_stats, cmd_stats),
     "bench": (_add_bench, cmd_bench),
 }
@@ -575,6 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "meta_url", None) == "-":
+            # the URL may hold a password: `-` takes it from the environment, never from argv
+            # (which every user can read in /proc/PID/cmdline)
+            args.meta_url = os.environ.get("CACHEFS_META_URL") or ""
+            if not args.meta_url:
+                raise ConfigError("META_URL is '-' but CACHEFS_META_URL is not set")
         return COMMANDS[args.command][1](args)
     except CachefsError as e:
         print(f"cachefs {args.command}: {e}", file=sys.stderr)

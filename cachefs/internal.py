@@ -1,5 +1,7 @@
 """Files the mount itself serves at its root: `.stats` (the metrics as text) and `.control`
 (commands from the CLI: write a JSON request, read the JSON answer on the same handle).
+`.control` also resolves in every directory, so the CLI reaches the mount from a pod that sees
+only a subdirectory of the volume (a CSI bind mount); the name is reserved throughout.
 
 They are hidden from directory listings and opened with direct I/O, so every read asks us."""
 
@@ -16,7 +18,8 @@ from .errors import CachefsError, FSError
 
 STATS_INODE = 0x7FFF_FFFF_0000_0001
 CONTROL_INODE = 0x7FFF_FFFF_0000_0002
-NAMES = {b".stats": STATS_INODE, b".control": CONTROL_INODE}
+CONTROL_NAME = b".control"
+NAMES = {b".stats": STATS_INODE, CONTROL_NAME: CONTROL_INODE}
 _MODES = {STATS_INODE: 0o444, CONTROL_INODE: 0o600}
 _STARTED = now_ns()
 

@@ -127,7 +127,7 @@ class VFS:
 
     # ---- namespace ----------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
-        if parent == ROOT_INODE and name in internal.NAMES:
+        if name in internal.NAMES and (parent == ROOT_INODE or name == internal.CONTROL_NAME):
             ino = internal.NAMES[name]
             return ino, internal.attr(ino)
         ino, attr = self.meta.lookup(parent, name)

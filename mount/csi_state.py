@@ -1,0 +1,84 @@
+"""What the node driver has mounted, kept on disk so a restarted driver carries on.
+
+One cachefs mount per volume per node (under the state directory), bind-mounted into each
+pod's target path. Secrets are not stored: a volume mount that still runs needs none, and one
+that has to be started again gets them from the publish request that needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from cachefs.fileutil import write_atomic
+
+
+@dataclass(frozen=True)
+class Target:
+    volume_id: str
+    readonly: bool
+    subdir: str
+    options: str  # mount options as given (volume_context and capability flags)
+
+
+class Busy(Exception):
+    """Another operation on the same target is in progress."""
+
+
+class State:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        os.makedirs(os.path.join(root, "volumes"), mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(root, "logs"), mode=0o700, exist_ok=True)
+        self.path = os.path.join(root, "state.json")
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()
+        self._volume_locks: dict[str, threading.Lock] = {}
+        self.targets: dict[str, Target] = {}
+        self.volumes: dict[str, str] = {}  # volume id -> mountpoint of its cachefs mount
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+            self.targets = {p: Target(**t) for p, t in data.get("targets", {}).items()}
+            self.volumes = dict(data.get("volumes", {}))
+        except FileNotFoundError:
+            pass
+
+    def save(self) -> None:
+        with self._lock:
+            data = {"targets": {p: asdict(t) for p, t in self.targets.items()}, "volumes": self.volumes}
+        write_atomic(self.path, json.dumps(data, indent=1).encode(), fsync=True)
+
+    def mountpoint(self, volume_id: str) -> str:
+        digest = hashlib.sha256(volume_id.encode()).hexdigest()[:16]
+        return os.path.join(self.root, "volumes", digest)
+
+    def log_file(self, volume_id: str) -> str:
+        return self.mountpoint(volume_id).replace("/volumes/", "/logs/") + ".log"
+
+    def targets_of(self, volume_id: str) -> list[str]:
+        with self._lock:
+            return [p for p, t in self.targets.items() if t.volume_id == volume_id]
+
+    @contextlib.contextmanager
+    def target(self, path: str) -> Iterator[None]:
+        """One operation at a time per target path: a second one gets Busy (CSI: ABORTED)."""
+        with self._lock:
+            if path in self._busy:
+                raise Busy(path)
+            self._busy.add(path)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.discard(path)
+
+    def volume_lock(self, volume_id: str) -> threading.Lock:
+        """Serialises starting and stopping one volume's cachefs mount."""
+        with self._lock:
+            return self._volume_locks.setdefault(volume_id, threading.Lock())
