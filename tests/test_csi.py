@@ -238,6 +238,11 @@ def test_two_pods_read_only_restart_and_secrets(driver, redis_pw, s3_server, tmp
     with open(os.path.join(a, "train.bin"), "rb") as f:
         assert f.read() == data
     driver.start()
+    c = str(tmp_path / "pod-c" / "vol")
+    publish(driver, c, {}, readonly=True, context=ctx)  # the running volume mount: no secrets needed
+    with open(os.path.join(c, "train.bin"), "rb") as f:
+        assert f.read() == data
+    unpublish(driver, c)
     unpublish(driver, a)
     assert not os.path.exists(a) and not is_mounted(a)
     unpublish(driver, a)  # twice: OK

@@ -167,3 +167,16 @@ def test_dockerfile_builds_the_cli():
     copied = [line.split()[1:-1] for line in text.splitlines() if line.startswith("COPY ")]
     for path in ("cachefs", "meta", "mount", "pyproject.toml"):  # what `pip install .` needs
         assert any(path in c for c in copied), path
+
+
+def test_generated_csi_modules_match_the_proto(tmp_path):
+    pytest.importorskip("grpc_tools")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_csi", os.path.join(ROOT, "mount", "gen_csi.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    for path in gen.generate(str(tmp_path)):
+        name = os.path.basename(path)
+        with open(path) as fresh, open(os.path.join(ROOT, "mount", name)) as committed:
+            assert fresh.read() == committed.read(), f"mount/{name} is stale: run python3 mount/gen_csi.py"
