@@ -130,6 +130,10 @@ def _add_mount(sub) -> None:
                         "(under the first cache dir); uploads run in the background")
     p.add_argument("--fsync", choices=["local", "remote"], default="local",
                    help="with --writeback: remote makes fsync wait for the upload (default local)")
+    p.add_argument("--upload-defer", type=float, default=30.0,
+                   help="with --writeback: while a writer keeps staging blocks, uploads wait for it to "
+                        "pause, at most this many seconds, so close returns at disk speed (0: upload at "
+                        "once; default 30)")
     p.add_argument("--pending-timeout", type=float, default=60.0,
                    help="seconds a read waits for blocks another node has not uploaded yet (default 60)")
 
@@ -146,8 +150,8 @@ def cmd_mount(a: argparse.Namespace) -> int:
         raise ConfigError("--cache-size must be >= 0 and --free-space-ratio in [0, 1)")
     if a.metrics and not re.fullmatch(r"[\w.\-]*:\d+", a.metrics):
         raise ConfigError(f"bad --metrics address {a.metrics!r} (expected HOST:PORT)")
-    if a.pending_timeout <= 0:
-        raise ConfigError("--pending-timeout must be positive")
+    if a.pending_timeout <= 0 or a.upload_defer < 0:
+        raise ConfigError("--pending-timeout must be positive and --upload-defer >= 0")
     dirs = [d for d in a.cache_dir.split(":") if d]
     if a.writeback and (a.read_only or not dirs or a.cache_size == 0):
         raise ConfigError("--writeback needs a writable mount and a cache directory (--cache-dir, --cache-size > 0)")
@@ -155,7 +159,8 @@ def cmd_mount(a: argparse.Namespace) -> int:
                       a.dir_entry_cache, a.heartbeat, a.session_timeout, a.trash_delay, a.max_uploads,
                       a.max_downloads, a.buffer_size, a.threads, a.log, dirs, a.cache_size,
                       a.free_space_ratio, a.metrics, a.cache_large_write, writeback=a.writeback,
-                      fsync_remote=a.fsync == "remote", pending_timeout=a.pending_timeout)
+                      fsync_remote=a.fsync == "remote", pending_timeout=a.pending_timeout,
+                      upload_defer=a.upload_defer)
     return mount(cfg, a.background)
 
 

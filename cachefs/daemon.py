@@ -46,6 +46,7 @@ class MountConfig:
     writeback: bool = False
     fsync_remote: bool = False
     pending_timeout: float = 60.0
+    upload_defer: float = 30.0
 
 
 def check_mountpoint(path: str) -> str:
@@ -231,7 +232,7 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
         vol = Volume(cfg.meta_url, VolumeOptions(cfg.read_only, cfg.max_uploads, cfg.max_downloads,
                                                  cfg.buffer_size << 20, cfg.cache_dirs, cfg.cache_size << 20,
                                                  cfg.free_space_ratio, cfg.cache_large_writes, cfg.writeback,
-                                                 cfg.fsync_remote, cfg.pending_timeout))
+                                                 cfg.fsync_remote, cfg.pending_timeout, cfg.upload_defer))
     except CachefsError as e:
         return fail(str(e))
     bg = None

@@ -34,6 +34,7 @@ class VolumeOptions:
     writeback: bool = False  # stage blocks durably on local disk, upload in the background
     fsync_remote: bool = False  # write-back: fsync waits until the file is in the object store
     pending_timeout: float = 60.0  # how long a read waits for another node's pending blocks
+    upload_defer: float = 30.0  # write-back uploads give way to an active writer this long at most
 
 
 class Volume:
@@ -85,7 +86,7 @@ class Volume:
         except OSError as e:
             raise ConfigError(f"cannot use staging directory {path}: {e}") from None
         self.writeback = WriteBack(self.objects, staging, self.chunks.key, self.meta.pending_done,
-                                   o.max_uploads, self.metrics)
+                                   o.max_uploads, self.metrics, defer=o.upload_defer)
         self.chunks.writeback = self.writeback
 
     def recover(self, timeout: float | None = None) -> tuple[int, int]:

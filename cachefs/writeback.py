@@ -30,6 +30,7 @@ from .staging import Staging
 log = logging.getLogger("cachefs.writeback")
 
 RETRY_MAX = 10.0  # seconds between attempts while the object store stays down
+QUIET = 0.3  # a writer that staged nothing for this long has paused: uploads go ahead
 PERMANENT_RETRY = 10.0  # a rejected upload is tried again this often (a fixed bucket resumes)
 
 
@@ -49,7 +50,8 @@ class WriteBack:
     metadata engine's `pending_done`); it is retried until it succeeds."""
 
     def __init__(self, store: ObjectStore, staging: Staging, key: Callable[[int, int, int], str],
-                 confirm: Callable[[list[int]], None], max_uploads: int, metrics: Metrics) -> None:
+                 confirm: Callable[[list[int]], None], max_uploads: int, metrics: Metrics,
+                 defer: float = 30.0) -> None:
         self.store = store
         self.staging = staging
         self.key = key
@@ -57,8 +59,15 @@ class WriteBack:
         self.metrics = metrics
         self._slices: dict[int, _Slice] = {}
         self._cond = threading.Condition()
-        self._queue: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[int, int, int, float] | None] = queue.Queue()
         self._unconfirmed: list[int] = []
+        # Uploads give way to a writer that is staging blocks (a torch.save in progress): on a
+        # small machine they compete for the same CPU (and the GIL) and would double the time the
+        # writer is blocked. They wait at most `defer` seconds, not at all once staging is half
+        # full, and not while someone waits for durability (flush, fsync with --fsync=remote).
+        self.defer = defer
+        self._last_stage = 0.0
+        self._waiters = 0
         self._stop = threading.Event()
         self._workers = [threading.Thread(target=self._work, name=f"wb-upload-{i}", daemon=True)
                          for i in range(max(1, max_uploads))]
@@ -78,7 +87,8 @@ class WriteBack:
         with self._cond:
             s.left[index] = length
             s.staged[index] = length
-        self._queue.put((slice_id, index, length))
+            self._last_stage = time.monotonic()
+        self._queue.put((slice_id, index, length, self._last_stage))
         return True
 
     def outstanding(self, ids: Iterable[int]) -> list[int]:
@@ -124,8 +134,20 @@ class WriteBack:
             item = self._queue.get()
             if item is None:
                 return
-            slice_id, index, length = item
+            slice_id, index, length, queued = item
+            if self.defer > 0:
+                self._give_way(queued)
             self._upload(slice_id, index, length)
+
+    def _give_way(self, queued: float) -> None:
+        """Wait while a writer is busy staging (see __init__), at most until queued + defer."""
+        with self._cond:
+            while not self._stop.is_set() and not self._waiters:
+                now = time.monotonic()
+                if (now - self._last_stage >= QUIET or now - queued >= self.defer
+                        or self.staging.used * 2 >= self.staging.limit):
+                    return
+                self._cond.wait(min(QUIET, max(0.01, QUIET - (now - self._last_stage))))
 
     def _upload(self, slice_id: int, index: int, length: int) -> None:
         delay = 0.5
@@ -221,19 +243,28 @@ class WriteBack:
         deadline = None if timeout is None else start + timeout
         with self._cond:
             ids = set(self._busy(None, ino))
-            while True:
-                left = self._busy(ids, ino)
-                if not left:
-                    return []
-                errors = [self._slices[i].error for i in left if self._slices[i].error]
-                if ino is not None and errors:
-                    raise FSError(errno.EIO, f"upload failed: {errors[0]}")
-                if len(errors) == len(left) and time.monotonic() - start > 1.5 * PERMANENT_RETRY:
-                    return self._describe(left)  # still rejected after a retry: waiting will not help
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return self._describe(left)
-                self._cond.wait(0.5 if remaining is None else min(0.5, remaining))
+            self._waiters += 1
+            self._cond.notify_all()
+            try:
+                return self._wait(ids, ino, start, deadline)
+            finally:
+                self._waiters -= 1
+
+    def _wait(self, ids: set[int], ino: int | None, start: float, deadline: float | None) -> list[tuple[int, int]]:
+        """The loop of wait() (caller holds the lock)."""
+        while True:
+            left = self._busy(ids, ino)
+            if not left:
+                return []
+            errors = [self._slices[i].error for i in left if self._slices[i].error]
+            if ino is not None and errors:
+                raise FSError(errno.EIO, f"upload failed: {errors[0]}")
+            if len(errors) == len(left) and time.monotonic() - start > 1.5 * PERMANENT_RETRY:
+                return self._describe(left)  # still rejected after a retry: waiting will not help
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return self._describe(left)
+            self._cond.wait(0.5 if remaining is None else min(0.5, remaining))
 
     def _describe(self, ids: list[int]) -> list[tuple[int, int]]:
         by_ino: dict[int, int] = {}
@@ -273,7 +304,7 @@ class WriteBack:
                 s.left[index] = length
                 s.staged[index] = length
                 slices.add(slice_id)
-                self._queue.put((slice_id, index, length))
+                self._queue.put((slice_id, index, length, time.monotonic()))
         if not slices:
             return 0, 0
         n_blocks = sum(len(self._slices[i].left) for i in slices)

@@ -36,6 +36,6 @@ def test_checkpoint_smoke():
             for line in res.stdout.splitlines() if line.startswith("| ")}
     assert float(rows["local dir"][0]) > 0
     for name in ("cachefs write-through", "cachefs write-back"):
-        returns, durable, upload = float(rows[name][0]), float(rows[name][3]), float(rows[name][4])
+        returns, durable, upload = float(rows[name][0]), float(rows[name][3]), float(rows[name][5])
         assert 0 < returns <= durable and upload > 0
-    assert float(rows["raw PUT, 16 threads x 4 MiB (boto3)"][4]) > 0
+    assert float(rows["raw PUT, 16 threads x 4 MiB (boto3)"][5]) > 0

@@ -253,3 +253,58 @@ def test_uploads_racing_the_commit_leave_no_pending_record(url, tmp_path):
     assert vol.meta.pending_slices() == []
     assert os.listdir(vol.writeback.staging.path) == []
     vol.close()
+
+
+def test_uploads_give_way_to_an_active_writer_within_bounds(url, tmp_path):
+    vol = open_volume(url, str(tmp_path / "c"), upload_defer=30.0)
+    puts: list[float] = []
+    real = vol.objects.put
+    vol.objects.put = lambda key, data: (puts.append(time.monotonic()), real(key, data))
+    stop = threading.Event()
+
+    def writer(name: bytes) -> None:
+        fh, _ino, _ = vol.vfs.create(ROOT_INODE, name, 0o644, os.O_RDWR)
+        off = 0
+        while not stop.is_set():
+            vol.vfs.write(fh, off, os.urandom(BS))  # one full block staged every 20 ms
+            off += BS
+            time.sleep(0.02)
+        vol.vfs.release(fh)
+
+    t = threading.Thread(target=writer, args=(b"a",))
+    t.start()
+    time.sleep(1.0)
+    assert puts == []  # the writer is busy: uploads wait
+    stop.set()
+    t.join()
+    paused = time.monotonic()
+    assert vol.flush(timeout=20) == []
+    assert puts and min(puts) >= paused - 0.05
+
+    # someone waiting for durability does not wait for the writer to pause
+    stop.clear()
+    puts.clear()
+    t = threading.Thread(target=writer, args=(b"b",))
+    t.start()
+    time.sleep(0.3)
+    vol.vfs.flush_all()
+    assert vol.flush(timeout=20) == []
+    assert t.is_alive() and puts
+    stop.set()
+    t.join()
+    vol.close()
+
+    # and the wait is bounded: after `defer` seconds uploads go ahead under a busy writer
+    vol = open_volume(url, str(tmp_path / "c2"), upload_defer=0.5)
+    puts2: list[float] = []
+    real2 = vol.objects.put
+    vol.objects.put = lambda key, data: (puts2.append(time.monotonic()), real2(key, data))
+    stop.clear()
+    started = time.monotonic()
+    t = threading.Thread(target=writer, args=(b"c",))
+    t.start()
+    time.sleep(1.5)
+    assert puts2 and min(puts2) - started < 1.4
+    stop.set()
+    t.join()
+    vol.close()
