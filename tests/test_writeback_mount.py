@@ -201,3 +201,23 @@ def test_rejected_upload_is_eio_on_fsync_and_resumes(volumes, mounts, read_only_
         os.close(fd)
     b = mounts.mount(url, *FAST)
     assert sha(os.path.join(b, "f")) == hashlib.sha256(data).hexdigest()
+
+
+def test_fsync_remote_waits_for_the_object_store(volumes, mounts, own_s3):
+    url = s3_volume(volumes, own_s3)
+    a = mounts.mount(url, "--writeback", "--fsync", "remote", *FAST)
+    own_s3.pause()
+    done = threading.Event()
+    fd = os.open(os.path.join(a, "shard.distcp"), os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, os.urandom(5 * MiB))
+        t = threading.Thread(target=lambda: (os.fsync(fd), done.set()))
+        t.start()
+        assert not done.wait(2.0)  # staged, but S3 is stopped: fsync keeps waiting
+        own_s3.resume()
+        assert done.wait(60)
+        t.join()
+        assert pending_of(url) == 0  # fsync returned: nothing of the file is pending
+    finally:
+        own_s3.resume()
+        os.close(fd)
