@@ -134,6 +134,9 @@ def _add_mount(sub) -> None:
                    help="with --writeback: while a writer keeps staging blocks, uploads wait for it to "
                         "pause, at most this many seconds, so close returns at disk speed (0: upload at "
                         "once; default 30)")
+    p.add_argument("--flush-timeout", type=float, default=60.0,
+                   help="with --writeback: after a plain umount, keep uploading this many seconds before "
+                        "exiting (default 60; `cachefs umount` flushes first and takes its own limit)")
     p.add_argument("--pending-timeout", type=float, default=60.0,
                    help="seconds a read waits for blocks another node has not uploaded yet (default 60)")
 
@@ -150,8 +153,8 @@ def cmd_mount(a: argparse.Namespace) -> int:
         raise ConfigError("--cache-size must be >= 0 and --free-space-ratio in [0, 1)")
     if a.metrics and not re.fullmatch(r"[\w.\-]*:\d+", a.metrics):
         raise ConfigError(f"bad --metrics address {a.metrics!r} (expected HOST:PORT)")
-    if a.pending_timeout <= 0 or a.upload_defer < 0:
-        raise ConfigError("--pending-timeout must be positive and --upload-defer >= 0")
+    if a.pending_timeout <= 0 or a.upload_defer < 0 or a.flush_timeout < 0:
+        raise ConfigError("--pending-timeout must be positive, --upload-defer and --flush-timeout >= 0")
     dirs = [d for d in a.cache_dir.split(":") if d]
     if a.writeback and (a.read_only or not dirs or a.cache_size == 0):
         raise ConfigError("--writeback needs a writable mount and a cache directory (--cache-dir, --cache-size > 0)")
@@ -160,7 +163,7 @@ def cmd_mount(a: argparse.Namespace) -> int:
                       a.max_downloads, a.buffer_size, a.threads, a.log, dirs, a.cache_size,
                       a.free_space_ratio, a.metrics, a.cache_large_write, writeback=a.writeback,
                       fsync_remote=a.fsync == "remote", pending_timeout=a.pending_timeout,
-                      upload_defer=a.upload_defer)
+                      upload_defer=a.upload_defer, flush_timeout=a.flush_timeout)
     return mount(cfg, a.background)
 
 
@@ -182,7 +185,7 @@ def cmd_umount(a: argparse.Namespace) -> int:
     state = read_state(real)
     if state and state.get("writeback") and is_mounted(real):
         try:
-            left = _flush(real, a.flush_timeout)
+            left = _flush(real, a.flush_timeout, final=True)
         except ConfigError as e:
             left = []
             print(f"cachefs umount: could not flush before unmounting: {e}", file=sys.stderr)
@@ -195,9 +198,10 @@ def cmd_umount(a: argparse.Namespace) -> int:
     return 0
 
 
-def _flush(mountpoint: str, timeout: float | None) -> list[dict]:
-    """Ask a mount to commit and upload everything written so far: what is left pending."""
-    request: dict = {"cmd": "flush"}
+def _flush(mountpoint: str, timeout: float | None, final: bool = False) -> list[dict]:
+    """Ask a mount to commit and upload everything written so far: what is left pending.
+    final: we unmount next, so the exiting process need not wait for uploads again."""
+    request: dict = {"cmd": "flush", "final": final}
     if timeout is not None:
         request["timeout"] = timeout
     return _control(mountpoint, request)["pending"]

@@ -47,6 +47,7 @@ class MountConfig:
     fsync_remote: bool = False
     pending_timeout: float = 60.0
     upload_defer: float = 30.0
+    flush_timeout: float = 60.0  # write-back: how long an unmounted process keeps uploading
 
 
 def check_mountpoint(path: str) -> str:
@@ -273,6 +274,13 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
         _remove_state(cfg)
         try:
             vol.vfs.flush_all()
+            if vol.writeback is not None and not vol.vfs.flushed_for_exit:
+                # a plain `umount` (cachefs umount has flushed already): upload what we can before
+                # we go; the rest stays staged for the next mount of this cache dir
+                left = vol.writeback.wait(None, cfg.flush_timeout)
+                if left:
+                    log.warning("exiting with %d byte(s) of %d file(s) still staged (uploaded at the next "
+                                "mount of this cache dir)", sum(n for _, n in left), len(left))
         except Exception as e:
             log.error("flush at unmount failed: %s", e)
         if bg is not None:

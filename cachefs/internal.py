@@ -69,7 +69,7 @@ class InternalFile:
 class Control:
     """The commands `.control` understands; each works on inodes the CLI resolved."""
 
-    def __init__(self, meta, chunks, flush: Callable[[float | None], list[tuple[int, int]]]) -> None:  # noqa: ANN001
+    def __init__(self, meta, chunks, flush: Callable[..., list[tuple[int, int]]]) -> None:  # noqa: ANN001
         self.meta = meta
         self.chunks = chunks
         self._flush = flush
@@ -81,7 +81,7 @@ class Control:
             return getattr(self, cmd)(inodes, max(1, int(request.get("threads", 16))))
         if cmd == "flush":
             timeout = request.get("timeout")
-            left = self._flush(None if timeout is None else float(timeout))
+            left = self._flush(None if timeout is None else float(timeout), bool(request.get("final")))
             return {"pending": [{"inode": ino, "bytes": n, "path": self.meta.path_of(ino)} for ino, n in left]}
         raise FSError(errno.EINVAL, f"unknown command {cmd!r}")
 

@@ -9,14 +9,20 @@ directory so a commit never records a slice whose names a crash could lose.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import threading
 
+from .errors import ConfigError
 from .fileutil import TMP_MARK, write_atomic
 from .metrics import Metrics
 
 log = logging.getLogger("cachefs.staging")
+
+class StagingBusy(ConfigError):
+    """Another live mount process owns the staging directory."""
+
 
 def staging_dir(cache_dir: str, volume_uuid: str) -> str:
     return os.path.join(cache_dir, volume_uuid, "staging")
@@ -31,6 +37,15 @@ class Staging:
         self.free_ratio = free_ratio
         self.metrics = metrics
         os.makedirs(path, exist_ok=True)
+        # one mount process owns a staging directory: another one recovering it would upload or
+        # delete blocks whose commit is still in flight (the lock dies with its process)
+        self._lock_fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StagingBusy(f"staging directory {path} is in use by another mount process of this volume "
+                              "(still running or still uploading): use another --cache-dir") from None
         self._lock = threading.Lock()
         self._sizes: dict[tuple[int, int, int], int] = {}
         self.used = 0
@@ -117,6 +132,12 @@ class Staging:
                 self.used -= size
                 self.metrics.staging_blocks.set(len(self._sizes))
                 self.metrics.staging_bytes.set(self.used)
+
+    def close(self) -> None:
+        """Release the directory to the next mount process."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def blocks(self) -> list[tuple[int, int, int]]:
         """Every staged block (slice id, index, length)."""

@@ -90,6 +90,7 @@ class VFS:
         self.store = store
         self.read_only = read_only
         self.fsync_remote = fsync_remote  # write-back: fsync waits for the upload
+        self.flushed_for_exit = False  # `cachefs umount` flushed: the exiting process need not
         self._files: dict[int, FileState] = {}
         self._files_lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
@@ -534,9 +535,11 @@ class VFS:
             with fs.lock:
                 self._flush_state(fs)
 
-    def flush_remote(self, timeout: float | None = None) -> list[tuple[int, int]]:
+    def flush_remote(self, timeout: float | None = None, final: bool = False) -> list[tuple[int, int]]:
         """Commit every open file's writes and wait until all data written before this call is
-        in the object store; returns what is still pending at the deadline as (inode, bytes)."""
+        in the object store; returns what is still pending at the deadline as (inode, bytes).
+        final: the caller unmounts next and has reported what is left."""
+        self.flushed_for_exit = self.flushed_for_exit or final
         self.flush_all()
         wb = self.store.writeback
         return [] if wb is None else wb.wait(None, timeout)

@@ -14,7 +14,7 @@ from .chunkstore import ChunkStore
 from .diskcache import DiskCache
 from .errors import ConfigError
 from .objects import ObjectStore, open_store
-from .staging import Staging, staging_dir
+from .staging import Staging, StagingBusy, staging_dir
 from .vfs import VFS
 from .writeback import WriteBack
 
@@ -79,10 +79,14 @@ class Volume:
         if not o.cache_dirs:
             return
         path = staging_dir(o.cache_dirs[0], self.settings.uuid)
-        if not o.writeback and not (os.path.isdir(path) and os.listdir(path)):
+        if not o.writeback and not (os.path.isdir(path) and any(n != ".lock" for n in os.listdir(path))):
             return
         try:
             staging = Staging(path, o.cache_size, o.free_space_ratio, self.metrics)
+        except StagingBusy:
+            if o.writeback:
+                raise
+            return  # a live write-back mount owns what is staged there: nothing to recover
         except OSError as e:
             raise ConfigError(f"cannot use staging directory {path}: {e}") from None
         self.writeback = WriteBack(self.objects, staging, self.chunks.key, self.meta.pending_done,

@@ -326,6 +326,7 @@ class WriteBack:
         deadline = time.monotonic() + 5  # an upload in flight is abandoned: its block stays staged
         for t in [*self._workers, self._confirmer]:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.staging.close()
 
 
 __all__ = ["WriteBack"]

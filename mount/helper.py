@@ -15,7 +15,7 @@ FLAGS = {"ro": "--read-only", "read-only": "--read-only", "cache-large-write": "
          "writeback": "--writeback"}
 VALUED = {"attr-cache", "entry-cache", "dir-entry-cache", "heartbeat", "session-timeout", "trash-delay",
           "max-uploads", "max-downloads", "buffer-size", "threads", "log", "cache-dir", "cache-size",
-          "free-space-ratio", "metrics", "fsync", "pending-timeout", "upload-defer"}
+          "free-space-ratio", "metrics", "fsync", "pending-timeout", "upload-defer", "flush-timeout"}
 FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions"}
 
 

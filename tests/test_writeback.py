@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from cachefs import writeback
-from cachefs.errors import CachefsError, FSError, ObjectError, ObjectUnavailable, errno_of
+from cachefs.errors import CachefsError, ConfigError, FSError, ObjectError, ObjectUnavailable, errno_of
 from cachefs.meta import open_meta
 from cachefs.meta.types import ROOT_INODE, Settings
 from cachefs.volume import Volume, VolumeOptions
@@ -75,6 +75,11 @@ def read_file(vol: Volume, name: bytes) -> bytes:
         vol.vfs.release(fh)
 
 
+def staged(vol: Volume) -> list[str]:
+    """The staged block files (not the directory's lock file)."""
+    return [n for n in os.listdir(vol.writeback.staging.path) if not n.startswith(".")]
+
+
 def block_objects(vol: Volume) -> list[str]:
     return [k for k, _ in vol.objects.list("v/chunks/")]
 
@@ -90,12 +95,11 @@ def test_close_returns_before_upload_and_staging_serves_reads(url, tmp_path):
     pending = vol.meta.pending_slices()
     assert len(pending) == 1 and pending[0].sid == vol.meta.sid and pending[0].size == len(data)
     assert read_file(vol, b"f") == data  # from staging
-    staged = os.listdir(vol.writeback.staging.path)
-    assert len(staged) == 6
+    assert len(staged(vol)) == 6
     gate.released.set()
     assert vol.flush(timeout=20) == []
     assert vol.meta.pending_slices() == []
-    assert os.listdir(vol.writeback.staging.path) == []
+    assert staged(vol) == []
     assert len(block_objects(vol)) == 6
     other = open_volume(url, None)  # another client: reads the store
     assert read_file(other, b"f") == data
@@ -114,7 +118,7 @@ def test_recovery_uploads_pending_and_drops_uncommitted(url, tmp_path):
     fh, _ino, _ = vol.vfs.create(ROOT_INODE, b"never", 0o644, os.O_RDWR)
     vol.vfs.write(fh, 0, os.urandom(2 * BS))  # staged, never committed: dropped at recovery
     wait = time.monotonic() + 10
-    while len(os.listdir(vol.writeback.staging.path)) < 4 + 4 + 2 and time.monotonic() < wait:
+    while len(staged(vol)) < 4 + 4 + 2 and time.monotonic() < wait:
         time.sleep(0.05)
     # the process dies here: no flush, no close, uploads stopped
     vol.writeback.close()
@@ -126,7 +130,7 @@ def test_recovery_uploads_pending_and_drops_uncommitted(url, tmp_path):
     slices, blocks = again.recover(timeout=30)
     assert (slices, blocks) == (2, 4 + 4)
     assert again.meta.pending_slices() == []
-    assert os.listdir(again.writeback.staging.path) == []
+    assert staged(again) == []
     reader = open_volume(url, None)
     assert read_file(reader, b"done") == done
     assert len(read_file(reader, b"open")) == 4 * BS
@@ -251,7 +255,7 @@ def test_uploads_racing_the_commit_leave_no_pending_record(url, tmp_path):
     while vol.meta.pending_slices() and time.monotonic() < wait:
         time.sleep(0.05)
     assert vol.meta.pending_slices() == []
-    assert os.listdir(vol.writeback.staging.path) == []
+    assert staged(vol) == []
     vol.close()
 
 
@@ -308,3 +312,17 @@ def test_uploads_give_way_to_an_active_writer_within_bounds(url, tmp_path):
     stop.set()
     t.join()
     vol.close()
+
+
+def test_one_mount_process_owns_a_staging_directory(url, tmp_path):
+    cache = str(tmp_path / "c")
+    vol = open_volume(url, cache)
+    with pytest.raises(ConfigError, match="in use by another mount"):
+        open_volume(url, cache)
+    write_file(vol, b"f", os.urandom(BS))
+    reader = open_volume(url, cache, wb=False)  # no write-back: leaves the owner's staging alone
+    assert reader.writeback is None
+    reader.close()
+    vol.close()
+    again = open_volume(url, cache)  # the owner is gone: the next one takes it over
+    again.close()

@@ -65,7 +65,7 @@ def test_s3_down_writes_continue_flush_and_umount_report_then_upload(volumes, mo
     # the same cache dir: the mount uploads what is staged before it is ready
     a = mounts.mount(url, "--writeback", "--cache-dir", cache, *FAST)
     assert pending_of(url) == 0
-    assert os.listdir(os.path.join(cache, os.listdir(cache)[0], "staging")) == []
+    assert os.listdir(os.path.join(cache, os.listdir(cache)[0], "staging")) == [".lock"]
     b = mounts.mount(url, *FAST)
     for name, data in files.items():
         assert sha(os.path.join(b, name)) == hashlib.sha256(data).hexdigest()
@@ -221,3 +221,23 @@ def test_fsync_remote_waits_for_the_object_store(volumes, mounts, own_s3):
     finally:
         own_s3.resume()
         os.close(fd)
+
+
+def test_plain_umount_keeps_uploading_before_the_process_exits(volumes, mounts, read_only_bind, tmp_path):
+    url = volumes.create("sqlite", "file")
+    bucket = str(next(p for p in tmp_path.iterdir() if p.name.startswith("objects-")))
+    os.makedirs(bucket, exist_ok=True)
+    a = mounts.mount(url, "--writeback", "--flush-timeout", "60", *FAST)
+    pid = mounts.pid(a)
+    read_only_bind(bucket, True)  # uploads are refused for now
+    data = os.urandom(6 * MiB)
+    write(os.path.join(a, "f"), data)
+    subprocess.run(["umount", a], check=True)  # what `mount -t cachefs` users do
+    mounts.active.remove(a)
+    time.sleep(1.0)
+    assert os.path.exists(f"/proc/{pid}")  # unmounted, still waiting to upload
+    read_only_bind(bucket, False)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 40, 0.2)
+    b = mounts.mount(url, *FAST)
+    assert sha(os.path.join(b, "f")) == hashlib.sha256(data).hexdigest()
+    assert pending_of(url) == 0
