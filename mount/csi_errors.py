@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -64,8 +65,8 @@ def _wrap(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
             code, message = grpc.StatusCode.ABORTED, "an operation on this target is already in progress"
         except CachefsError as e:
             code, message = grpc.StatusCode.INTERNAL, str(e)
-        except Exception as e:  # a bug: say what, keep serving
-            log.exception("%s failed", name)
+        except Exception as e:  # a bug: say what, keep serving (the traceback scrubbed too)
+            log.error("%s failed: %s", name, scrub(traceback.format_exc(), secrets))
             code, message = grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
         message = scrub(message, secrets)
         log.warning("%s: %s: %s", name, code.name, message)
