@@ -8,6 +8,7 @@ object store, the local cache and peers hold, so every reader verifies the same 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import lz4.block
 import xxhash
@@ -31,21 +32,27 @@ def block_lengths(size: int, block_size: int) -> list[int]:
     return [block_size] * full + ([rest] if rest else [])
 
 
-def encode_parts(plain: bytes | bytearray | memoryview, compression: str) -> tuple[bytes, bytes | bytearray]:
-    """The stored block as (header, payload), so a writer can write both without joining them
-    (the payload may be `plain` itself)."""
-    digest = xxhash.xxh64_intdigest(plain)
-    codec, payload = CODEC_NONE, plain
-    if compression == "lz4" and len(plain) > 64:
-        packed = lz4.block.compress(plain, store_size=False)
-        if len(packed) < len(plain):
-            codec, payload = CODEC_LZ4, packed
-    if isinstance(payload, memoryview):
-        payload = bytes(payload)
-    return HEADER.pack(MAGIC, codec, digest, len(plain)), payload
+Buffer = bytes | bytearray | memoryview
 
 
-def encode_block(plain: bytes | bytearray | memoryview, compression: str) -> bytes:
+def encode_parts(plain: Buffer | Sequence[Buffer], compression: str) -> tuple[Buffer, ...]:
+    """The stored block as (header, *payload parts), so a writer can write them without joining
+    (uncompressed, the parts are the caller's own buffers). `plain` may come in pieces."""
+    pieces = [plain] if isinstance(plain, bytes | bytearray | memoryview) else list(plain)
+    h = xxhash.xxh64()
+    for piece in pieces:
+        h.update(piece)
+    length = sum(len(p) for p in pieces)
+    codec, payload = CODEC_NONE, pieces
+    if compression == "lz4" and length > 64:
+        joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        packed = lz4.block.compress(joined, store_size=False)
+        if len(packed) < length:
+            codec, payload = CODEC_LZ4, [packed]
+    return (HEADER.pack(MAGIC, codec, h.intdigest(), length), *payload)
+
+
+def encode_block(plain: Buffer | Sequence[Buffer], compression: str) -> bytes:
     return b"".join(encode_parts(plain, compression))
 
 

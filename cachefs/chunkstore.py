@@ -9,10 +9,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .block import block_key, block_lengths, decode_block, encode_parts
+from .block import Buffer, block_key, block_lengths, decode_block, encode_parts
 from .diskcache import DiskCache
 from .errors import ChecksumError, ObjectError, ObjectNotFound
 from .metrics import Metrics
@@ -20,6 +20,8 @@ from .objects import ObjectStore
 from .writeback import WriteBack
 
 log = logging.getLogger("cachefs.chunks")
+
+SMALL_PIECE = 64 << 10  # written pieces below this are copied together, larger ones referenced
 
 
 class BlockBuffer:
@@ -101,34 +103,36 @@ class ChunkStore:
         return block_key(self.volume, slice_id, index, length)
 
     # ---- writing ---------------------------------------------------------------------------
-    def put_block(self, slice_id: int, index: int, data: bytes | bytearray, ino: int = 0,
+    def put_block(self, slice_id: int, index: int, data: Buffer | Sequence[Buffer], ino: int = 0,
                   stage: bool = True) -> Future:
-        """Upload one block in the background (or, in write-back mode, stage it durably and
-        queue its upload); blocks while the upload buffer is full. The future is done when the
-        block is in the object store or durable in staging."""
+        """Upload one block, given whole or in pieces, in the background (or, in write-back mode,
+        stage it durably and queue its upload); blocks while the upload buffer is full. The
+        future is done when the block is in the object store or durable in staging."""
+        pieces = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+        length = sum(len(p) for p in pieces)
         self._upload_slots.acquire()
-        self._track_upload(1, len(data))
-        key = self.key(slice_id, index, len(data))
+        self._track_upload(1, length)
+        key = self.key(slice_id, index, length)
         wb = self.writeback if stage else None
 
         def run() -> None:
             try:
-                parts = encode_parts(data, self.compression)
+                parts = encode_parts(pieces, self.compression)
                 if wb is not None:
-                    if wb.stage(slice_id, ino, index, len(data), parts):
+                    if wb.stage(slice_id, ino, index, length, parts):
                         return
                     self.metrics.staging_fallbacks.inc()  # no room: write it through
                 self.store.put(key, b"".join(parts))
-                if self.cache is not None and (self.cache_large_writes or len(data) < self.block_size):
-                    self.cache.put(key, data)
+                if self.cache is not None and (self.cache_large_writes or length < self.block_size):
+                    self.cache.put(key, b"".join(pieces))
             finally:
-                self._track_upload(-1, -len(data))
+                self._track_upload(-1, -length)
                 self._upload_slots.release()
 
         try:
             return self._uploads.submit(run)
         except BaseException:
-            self._track_upload(-1, -len(data))
+            self._track_upload(-1, -length)
             self._upload_slots.release()
             raise
 
@@ -330,23 +334,34 @@ class SliceWriter:
         self.ino = ino
         self.stage = stage
         self.length = 0
-        self._block = bytearray()  # the block being filled: one copy of the caller's bytes
+        # the block being filled, as pieces: big writes are kept by reference (FUSE hands us
+        # immutable bytes), small ones are coalesced into a bytearray
+        self._parts: list[Buffer] = []
+        self._fill = 0
         self._next_index = 0
         self._futures: list[Future] = []
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: Buffer) -> None:
         mv = memoryview(data)
+        if not isinstance(mv.obj, bytes):
+            mv = memoryview(bytes(mv))  # a mutable buffer may change under us: copy it once
         self.length += len(mv)
         bs = self.cs.block_size
         while mv:
-            take = mv[: bs - len(self._block)]
-            self._block += take
+            take = mv[: bs - self._fill]
+            if len(take) >= SMALL_PIECE:
+                self._parts.append(take)
+            elif self._parts and isinstance(self._parts[-1], bytearray):
+                self._parts[-1] += take
+            else:
+                self._parts.append(bytearray(take))
+            self._fill += len(take)
             mv = mv[len(take) :]
-            if len(self._block) == bs:
-                self._upload(self._block)  # handed over: never touched here again
-                self._block = bytearray()
+            if self._fill == bs:
+                self._upload(self._parts)  # handed over: never touched here again
+                self._parts, self._fill = [], 0
 
-    def _upload(self, block: bytes | bytearray) -> None:
+    def _upload(self, block: list[Buffer]) -> None:
         self._futures.append(self.cs.put_block(self.id, self._next_index, block, self.ino, self.stage))
         self._next_index += 1
         # surface early failures instead of queueing more work behind them
@@ -356,9 +371,9 @@ class SliceWriter:
 
     def finish(self) -> int:
         """Upload the tail and wait for every block; raises ObjectError if any upload failed."""
-        if self._block:
-            self._upload(self._block)
-            self._block = bytearray()
+        if self._fill:
+            self._upload(self._parts)
+            self._parts, self._fill = [], 0
         err: BaseException | None = None
         for f in self._futures:
             try:
