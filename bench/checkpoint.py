@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.compare import JUICEFS_VERSION, drop_caches, ensure_juicefs, make_bucket, sh  # noqa: E402
+from bench.compare import JUICEFS_VERSION, MemFS, drop_caches, ensure_juicefs, make_bucket, sh  # noqa: E402
 from bench.results import replace_section  # noqa: E402
 from tests.servers import RedisServer, S3Server, free_port  # noqa: E402
 
@@ -232,7 +232,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1024, help="MiB of state dict (default 1024)")
     ap.add_argument("--repeat", type=int, default=2, help="saves per target, the best counts (default 2)")
-    ap.add_argument("--targets", default="local,cachefs,cachefs-wb,juicefs")
+    ap.add_argument("--targets", default="local,memfs,cachefs,cachefs-wb,juicefs")
     ap.add_argument("--cachefs-flags", default="", help="extra `cachefs mount` flags for both cachefs targets")
     ap.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     a = ap.parse_args()
@@ -261,6 +261,17 @@ def main() -> int:
             r = Result("local dir")
             for i in range(a.repeat):
                 timed_save(r, sd, os.path.join(local, f"ckpt{i}.pt"), None)
+            results.append(r)
+        if "memfs" in wanted:
+            memfs = MemFS("Python FUSE ceiling", os.path.join(work, "mnt-memfs"))
+            memfs.setup()
+            r = Result(memfs.name)
+            try:
+                for i in range(a.repeat):
+                    timed_save(r, sd, os.path.join(memfs.mountpoint, f"ckpt{i}.pt"), None)
+                    os.unlink(os.path.join(memfs.mountpoint, f"ckpt{i}.pt"))  # it holds files in memory
+            finally:
+                memfs.teardown()
             results.append(r)
         if "cachefs" in wanted:
             results.append(run_cachefs("cachefs write-through", sd, work, redis.url(1), s3.bucket_url("ckpt-wt"),
@@ -293,7 +304,8 @@ def write_results(table: str, a: argparse.Namespace, size: int) -> None:
 Measured by `python bench/checkpoint.py --size {a.size} --repeat {a.repeat}` on {time.strftime('%Y-%m-%d')},
 all targets in one run: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},
 torch {torch.__version__}, cachefs {cachefs.__version__}, {juicefs}; one redis-server and one moto S3
-server on loopback. A state dict of {size / MiB:.0f} MiB (float32 tensors of 16 MiB) saved with
+server on loopback; "Python FUSE ceiling" is `bench/memfs.py`, a pyfuse3 file system that keeps
+writes in memory and does nothing else. A state dict of {size / MiB:.0f} MiB (float32 tensors of 16 MiB) saved with
 `torch.save`, page cache dropped first; best of {a.repeat}. "returns" is how long training is blocked;
 "durable" is until `cachefs flush` returns (cachefs write-back), until JuiceFS's rawstaging directory is
 empty (JuiceFS), or the return itself (write-through). "size / durable" counts from the start of the
