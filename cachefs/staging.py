@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 
+from .block import Buffer
 from .errors import ConfigError
 from .fileutil import TMP_MARK, write_atomic
 from .metrics import Metrics
@@ -78,7 +79,7 @@ class Staging:
         free = st.f_bavail * st.f_frsize
         return free - n > self.free_ratio * st.f_blocks * st.f_frsize
 
-    def put(self, slice_id: int, index: int, length: int, encoded: tuple[bytes | bytearray, ...]) -> bool:
+    def put(self, slice_id: int, index: int, length: int, encoded: tuple[Buffer, ...]) -> bool:
         """Stage a stored block (its parts) durably; False when there is no room (the caller
         writes it through)."""
         n = sum(map(len, encoded))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .block import Buffer
 from .errors import FSError, ObjectError, ObjectUnavailable
 from .metrics import Metrics
 from .objects import ObjectStore
@@ -77,7 +78,7 @@ class WriteBack:
         self._confirmer.start()
 
     # ---- the write path -------------------------------------------------------------------
-    def stage(self, slice_id: int, ino: int, index: int, length: int, encoded: tuple[bytes, ...]) -> bool:
+    def stage(self, slice_id: int, ino: int, index: int, length: int, encoded: tuple[Buffer, ...]) -> bool:
         """Stage one stored block (given as parts: header, payload) and queue its upload; False
         when staging has no room."""
         with self._cond:
@@ -280,13 +281,6 @@ class WriteBack:
                 if s.ino == ino and s.error is not None:
                     return s.error
         return None
-
-    def pending(self) -> tuple[int, int]:
-        """(blocks, bytes) staged and not yet uploaded."""
-        with self._cond:
-            blocks = sum(len(s.left) for s in self._slices.values())
-            nbytes = sum(sum(s.left.values()) for s in self._slices.values())
-        return blocks, nbytes
 
     # ---- recovery ------------------------------------------------------------------------------
     def recover(self, pending: dict[int, int], timeout: float | None = None) -> tuple[int, int]:
