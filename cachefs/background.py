@@ -68,7 +68,7 @@ class Background:
             batch = self.meta.pending_trash(500, min_age=delay)
             if not batch:
                 break
-            pending = self.store.pending_ids() if self.store.pending_ids is not None else set()
+            pending = self.store.pending()
             ready = [(sid, size) for sid, size in batch if sid not in pending]
             for sid, size in ready:
                 self.store.delete_slice(sid, size)

@@ -205,8 +205,12 @@ class ChunkStore:
             self.cache.put(key, data)
         return data
 
+    def pending(self) -> set[int]:
+        """Ids of the volume's slices committed but not yet uploaded (empty when not known)."""
+        return self.pending_ids() if self.pending_ids is not None else set()
+
     def is_pending(self, slice_id: int) -> bool:
-        return self.pending_ids is not None and slice_id in self.pending_ids()
+        return slice_id in self.pending()
 
     def _wait_pending(self, slice_id: int, key: str) -> bytes:
         """A missing block of a slice still pending on its writer: poll until it arrives, at most

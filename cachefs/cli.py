@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import CachefsError, ConfigError, FSError
+from .progress import human
 
 if TYPE_CHECKING:
     from cachefs.meta import BaseMeta
@@ -156,8 +157,6 @@ def cmd_mount(a: argparse.Namespace) -> int:
     if a.pending_timeout <= 0 or a.upload_defer < 0 or a.flush_timeout < 0:
         raise ConfigError("--pending-timeout must be positive, --upload-defer and --flush-timeout >= 0")
     dirs = [d for d in a.cache_dir.split(":") if d]
-    if a.writeback and (a.read_only or not dirs or a.cache_size == 0):
-        raise ConfigError("--writeback needs a writable mount and a cache directory (--cache-dir, --cache-size > 0)")
     cfg = MountConfig(a.meta_url, a.mountpoint, a.read_only, a.options, a.attr_cache, a.entry_cache,
                       a.dir_entry_cache, a.heartbeat, a.session_timeout, a.trash_delay, a.max_uploads,
                       a.max_downloads, a.buffer_size, a.threads, a.log, dirs, a.cache_size,
@@ -191,7 +190,7 @@ def cmd_umount(a: argparse.Namespace) -> int:
             print(f"cachefs umount: could not flush before unmounting: {e}", file=sys.stderr)
         if left:
             total = sum(p["bytes"] for p in left)
-            print(f"cachefs umount: gave up waiting after {a.flush_timeout:g} s; {_size(total)} of {len(left)} "
+            print(f"cachefs umount: gave up waiting after {a.flush_timeout:g} s; {human(total)} of {len(left)} "
                   f"file(s) stay staged and upload at the next mount: "
                   + ", ".join(p["path"] or f"inode {p['inode']}" for p in left), file=sys.stderr)
     umount(a.mountpoint, a.force)
@@ -205,14 +204,6 @@ def _flush(mountpoint: str, timeout: float | None, final: bool = False) -> list[
     if timeout is not None:
         request["timeout"] = timeout
     return _control(mountpoint, request)["pending"]
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _add_flush(sub) -> None:
@@ -231,9 +222,9 @@ def cmd_flush(a: argparse.Namespace) -> int:
     if not left:
         return 0
     for p in left:
-        print(f"{p['path'] or 'inode ' + str(p['inode'])}\t{_size(p['bytes'])} pending")
+        print(f"{p['path'] or 'inode ' + str(p['inode'])}\t{human(p['bytes'])} pending")
     total = sum(p["bytes"] for p in left)
-    raise CachefsError(f"{_size(total)} of {len(left)} file(s) still not in the object store after "
+    raise CachefsError(f"{human(total)} of {len(left)} file(s) still not in the object store after "
                        f"{a.timeout:g} s")
 
 
@@ -413,7 +404,7 @@ def _add_warmup(sub) -> None:
 
 
 def cmd_warmup(a: argparse.Namespace) -> int:
-    from .progress import Progress, human
+    from .progress import Progress
 
     if a.threads < 1:
         raise ConfigError("--threads must be at least 1")
@@ -499,7 +490,6 @@ def _add_stats(sub) -> None:
 
 def cmd_stats(a: argparse.Namespace) -> int:
     from .metrics import parse_text
-    from .progress import human
 
     path = os.path.join(a.mountpoint, ".stats")
 

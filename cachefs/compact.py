@@ -18,7 +18,7 @@ def compact_chunk(meta: BaseMeta, store: ChunkStore, ino: int, indx: int, min_sl
     slices = meta.read_chunk(ino, indx)
     if len(slices) < min_slices:
         return False
-    if store.pending_ids is not None and store.pending_ids() & {s.id for s in slices}:
+    if store.pending() & {s.id for s in slices}:
         return False  # some blocks are still only in a writer's staging: compact later
     segs = resolve(slices)
     if not segs:

@@ -273,11 +273,12 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
     finally:
         _remove_state(cfg)
         try:
-            vol.vfs.flush_all()
-            if vol.writeback is not None and not vol.vfs.flushed_for_exit:
+            if vol.writeback is None or vol.vfs.flushed_for_exit:
+                vol.vfs.flush_all()
+            else:
                 # a plain `umount` (cachefs umount has flushed already): upload what we can before
                 # we go; the rest stays staged for the next mount of this cache dir
-                left = vol.writeback.wait(None, cfg.flush_timeout)
+                left = vol.flush(cfg.flush_timeout)
                 if left:
                     log.warning("exiting with %d byte(s) of %d file(s) still staged (uploaded at the next "
                                 "mount of this cache dir)", sum(n for _, n in left), len(left))

@@ -21,6 +21,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("cachefs.staging")
 
+
 class StagingBusy(ConfigError):
     """Another live mount process owns the staging directory."""
 
@@ -63,6 +64,9 @@ class Staging:
     def _add(self, ident: tuple[int, int, int], size: int) -> None:
         self._sizes[ident] = size
         self.used += size
+        self._publish()
+
+    def _publish(self) -> None:
         self.metrics.staging_blocks.set(len(self._sizes))
         self.metrics.staging_bytes.set(self.used)
 
@@ -118,9 +122,6 @@ class Staging:
         except FileNotFoundError:
             return None
 
-    def contains(self, slice_id: int, index: int, length: int) -> bool:
-        return (slice_id, index, length) in self._sizes
-
     def remove(self, slice_id: int, index: int, length: int) -> None:
         ident = (slice_id, index, length)
         try:
@@ -131,8 +132,7 @@ class Staging:
             size = self._sizes.pop(ident, None)
             if size is not None:
                 self.used -= size
-                self.metrics.staging_blocks.set(len(self._sizes))
-                self.metrics.staging_bytes.set(self.used)
+                self._publish()
 
     def close(self) -> None:
         """Release the directory to the next mount process."""

@@ -74,8 +74,9 @@ class Volume:
         """Write-back staging (also opened without --writeback when a previous write-back run left
         blocks there, so that recover() can upload them)."""
         o = self.options
-        if o.writeback and (not o.cache_dirs or o.read_only):
-            raise ConfigError("--writeback needs a cache directory (--cache-dir) and a writable mount")
+        if o.writeback and (o.read_only or not o.cache_dirs or o.cache_size <= 0):
+            raise ConfigError("--writeback needs a writable mount and a cache directory (--cache-dir, "
+                              "--cache-size > 0)")
         if not o.cache_dirs:
             return
         path = staging_dir(o.cache_dirs[0], self.settings.uuid)
@@ -110,10 +111,7 @@ class Volume:
     def flush(self, timeout: float | None = None) -> list[tuple[int, int]]:
         """Commit open files' writes and wait until everything is in the object store; returns
         what is still pending at the deadline as (inode, bytes)."""
-        self.vfs.flush_all()
-        if self.writeback is None:
-            return []
-        return self.writeback.wait(None, timeout)
+        return self.vfs.flush_remote(timeout)
 
     def close(self) -> None:
         try:

@@ -109,7 +109,7 @@ class WriteBack:
                     continue
                 s.committed = True
                 if not s.left:  # uploaded already (maybe between outstanding() and the commit)
-                    self._finish(i, s, was_pending=s.recorded)
+                    self._finish(i, s)
 
     def abandon(self, ids: Iterable[int]) -> None:
         """Slices that will never be committed: forget their staged blocks."""
@@ -185,7 +185,7 @@ class WriteBack:
                 s.error = None
                 s.left.pop(index, None)
                 if not s.left and s.committed and not s.abandoned:
-                    self._finish(slice_id, s, was_pending=s.recorded)
+                    self._finish(slice_id, s)
                 self._cond.notify_all()
             return
 
@@ -194,9 +194,10 @@ class WriteBack:
             s.error = e
             self._cond.notify_all()
 
-    def _finish(self, slice_id: int, s: _Slice, was_pending: bool) -> None:
-        """All blocks of a committed slice are uploaded (caller holds the lock)."""
-        if was_pending:
+    def _finish(self, slice_id: int, s: _Slice) -> None:
+        """All blocks of a committed slice are uploaded (caller holds the lock): its pending
+        record, if the commit wrote one, is cleared before its staged files go."""
+        if s.recorded:
             self._unconfirmed.append(slice_id)
         else:
             self._drop(slice_id, s)
@@ -289,6 +290,7 @@ class WriteBack:
         ObjectError when they cannot all be uploaded within timeout."""
         blocks = self.staging.blocks()
         slices: set[int] = set()
+        n_blocks = 0
         with self._cond:
             for slice_id, index, length in blocks:
                 if slice_id not in pending:
@@ -298,10 +300,10 @@ class WriteBack:
                 s.left[index] = length
                 s.staged[index] = length
                 slices.add(slice_id)
+                n_blocks += 1
                 self._queue.put((slice_id, index, length, time.monotonic()))
         if not slices:
             return 0, 0
-        n_blocks = sum(len(self._slices[i].left) for i in slices)
         left = self.wait(None, timeout)
         if left:
             with self._cond:

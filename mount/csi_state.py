@@ -26,6 +26,11 @@ class Target:
     options: str  # mount options as given (volume_context and capability flags)
 
 
+def _digest(volume_id: str) -> str:
+    """A volume id as a file name (ids are free text)."""
+    return hashlib.sha256(volume_id.encode()).hexdigest()[:16]
+
+
 class Busy(Exception):
     """Another operation on the same target is in progress."""
 
@@ -55,11 +60,10 @@ class State:
         write_atomic(self.path, json.dumps(data, indent=1).encode(), fsync=True)
 
     def mountpoint(self, volume_id: str) -> str:
-        digest = hashlib.sha256(volume_id.encode()).hexdigest()[:16]
-        return os.path.join(self.root, "volumes", digest)
+        return os.path.join(self.root, "volumes", _digest(volume_id))
 
     def log_file(self, volume_id: str) -> str:
-        return self.mountpoint(volume_id).replace("/volumes/", "/logs/") + ".log"
+        return os.path.join(self.root, "logs", _digest(volume_id) + ".log")
 
     def targets_of(self, volume_id: str) -> list[str]:
         with self._lock:
