@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.compare import JUICEFS_VERSION, MemFS, drop_caches, ensure_juicefs, make_bucket, sh  # noqa: E402
+from bench.compare import JUICEFS_VERSION, Cachefs, JuiceFS, MemFS, drop_caches, ensure_juicefs, make_bucket  # noqa: E402
 from bench.results import replace_section  # noqa: E402
 from tests.servers import RedisServer, S3Server, free_port  # noqa: E402
 
@@ -145,19 +145,12 @@ def timed_save(r: Result, sd: dict, path: str, durable: Callable[[], None] | Non
             r.uploading.append(end - max(t0, watch.first))
 
 
-def cachefs_cli(*args: str) -> str:
-    return sh(sys.executable, "-m", "cachefs.cli", *args)
-
-
 def run_cachefs(name: str, sd: dict, work: str, meta_url: str, bucket: str, writeback: bool,
                 repeat: int, extra: list[str]) -> Result:
-    mp = os.path.join(work, f"mnt-{name.replace(' ', '-')}")
-    cache = mp + "-cache"
-    os.makedirs(mp, exist_ok=True)
-    cachefs_cli("format", meta_url, "ckpt", "--storage", "s3", "--bucket", bucket)
-    flags = (["--writeback"] if writeback else []) + extra
-    cachefs_cli("mount", meta_url, mp, "--background", "--cache-dir", cache, "--log", cache + ".log", *flags)
-    r = Result(name)
+    target = Cachefs(name, os.path.join(work, f"mnt-{name.replace(' ', '-')}"), meta_url, bucket, work,
+                     (["--writeback"] if writeback else []) + extra)
+    target.setup()
+    mp, r = target.mountpoint, Result(name)
 
     def put_bytes() -> float:
         with open(os.path.join(mp, ".stats")) as f:
@@ -165,24 +158,18 @@ def run_cachefs(name: str, sd: dict, work: str, meta_url: str, bucket: str, writ
 
     try:
         for i in range(repeat):
-            flush = (lambda: cachefs_cli("flush", mp)) if writeback else (lambda: None)
+            flush = (lambda: target._cli("flush", mp)) if writeback else (lambda: None)
             timed_save(r, sd, os.path.join(mp, f"ckpt{i}.pt"), flush, put_bytes)
     finally:
-        cachefs_cli("umount", mp)
+        target.teardown()
     return r
 
 
 def run_juicefs(sd: dict, work: str, meta_url: str, bucket: str, repeat: int) -> Result:
-    exe = shutil.which("juicefs")
-    mp, cache = os.path.join(work, "mnt-juicefs"), os.path.join(work, "juicefs-cache")
-    os.makedirs(mp, exist_ok=True)
-    endpoint, _, name = bucket.rpartition("/")
-    make_bucket(endpoint, name)
-    sh(exe, "format", "--storage", "s3", "--bucket", bucket, "--access-key", "testing", "--secret-key", "testing",
-       "--trash-days", "0", meta_url, "jfsckpt")
     port = free_port()
-    sh(exe, "mount", "-d", "--writeback", "--cache-dir", cache, "--log", cache + ".log",
-       "--metrics", f"127.0.0.1:{port}", meta_url, mp)
+    target = JuiceFS("JuiceFS --writeback", os.path.join(work, "mnt-juicefs"), meta_url, bucket, work,
+                     ["--writeback", "--metrics", f"127.0.0.1:{port}"])
+    target.setup()
 
     def put_bytes() -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
@@ -190,18 +177,15 @@ def run_juicefs(sd: dict, work: str, meta_url: str, bucket: str, repeat: int) ->
 
     def drained() -> None:
         """JuiceFS keeps write-back blocks under <cache>/<uuid>/rawstaging until uploaded."""
-        while True:
-            staged = [f for d, _, fs in os.walk(cache) if "rawstaging" in d for f in fs]
-            if not staged:
-                return
+        while [f for d, _, fs in os.walk(target.cache) if "rawstaging" in d for f in fs]:
             time.sleep(0.05)
 
-    r = Result("JuiceFS --writeback")
+    r = Result(target.name)
     try:
         for i in range(repeat):
-            timed_save(r, sd, os.path.join(mp, f"ckpt{i}.pt"), drained, put_bytes)
+            timed_save(r, sd, os.path.join(target.mountpoint, f"ckpt{i}.pt"), drained, put_bytes)
     finally:
-        sh(exe, "umount", mp, check=False)
+        target.teardown()
     return r
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,9 +86,11 @@ class MemFS(Target):
 
 
 class Cachefs(Target):
-    def __init__(self, name: str, mountpoint: str, meta_url: str, bucket: str, work: str) -> None:
+    def __init__(self, name: str, mountpoint: str, meta_url: str, bucket: str, work: str,
+                 flags: Sequence[str] = ()) -> None:
         super().__init__(name, mountpoint)
-        self.meta_url, self.bucket, self.cache = meta_url, bucket, os.path.join(work, "cachefs-cache")
+        self.meta_url, self.bucket, self.flags = meta_url, bucket, list(flags)
+        self.cache = os.path.join(work, os.path.basename(mountpoint) + "-cache")
 
     def _cli(self, *args: str) -> str:
         return sh(sys.executable, "-m", "cachefs.cli", *args)
@@ -99,7 +102,7 @@ class Cachefs(Target):
 
     def _mount(self) -> None:
         self._cli("mount", self.meta_url, self.mountpoint, "--background", "--cache-dir", self.cache,
-                  "--log", self.cache + ".log")
+                  "--log", self.cache + ".log", *self.flags)
 
     def make_cold(self) -> None:
         self._cli("umount", self.mountpoint)
@@ -112,9 +115,11 @@ class Cachefs(Target):
 
 
 class JuiceFS(Target):
-    def __init__(self, name: str, mountpoint: str, meta_url: str, bucket: str, work: str) -> None:
+    def __init__(self, name: str, mountpoint: str, meta_url: str, bucket: str, work: str,
+                 flags: Sequence[str] = ()) -> None:
         super().__init__(name, mountpoint)
-        self.meta_url, self.bucket, self.cache = meta_url, bucket, os.path.join(work, "juicefs-cache")
+        self.meta_url, self.bucket, self.flags = meta_url, bucket, list(flags)
+        self.cache = os.path.join(work, os.path.basename(mountpoint) + "-cache")
         self.exe = shutil.which("juicefs")
 
     def setup(self) -> None:
@@ -127,8 +132,8 @@ class JuiceFS(Target):
         self._mount()
 
     def _mount(self) -> None:
-        sh(self.exe, "mount", "-d", "--cache-dir", self.cache, "--log", self.cache + ".log", self.meta_url,
-           self.mountpoint)
+        sh(self.exe, "mount", "-d", "--cache-dir", self.cache, "--log", self.cache + ".log", *self.flags,
+           self.meta_url, self.mountpoint)
 
     def make_cold(self) -> None:
         sh(self.exe, "umount", self.mountpoint)
