@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from cachefs.meta import BaseMeta
-from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, TYPE_DIR, TYPE_FILE
+from cachefs.meta.types import ROOT_INODE, TYPE_DIR, TYPE_FILE
 
 from .block import block_key, block_lengths
 from .objects import ObjectStore
@@ -55,20 +55,17 @@ def check(meta: BaseMeta, store: ObjectStore, volume: str, block_size: int,
             report.files += 1
             f = Finding(path, 0, 0)
             uploading = False
-            for indx in range((attr.length + CHUNK_SIZE - 1) // CHUNK_SIZE):
-                for s in meta.read_chunk(ino, indx):
-                    if not s.id:
+            for slice_id, size in meta.file_slices(ino, attr.length):
+                for i, n in enumerate(block_lengths(size, block_size)):
+                    f.total += 1
+                    if block_key(volume, slice_id, i, n) in present:
                         continue
-                    for i, n in enumerate(block_lengths(s.size, block_size)):
-                        f.total += 1
-                        if block_key(volume, s.id, i, n) in present:
-                            continue
-                        f.missing += 1
-                        sid = pending.get(s.id)
-                        if sid in alive:
-                            uploading = True
-                        elif sid is not None:
-                            f.ended_sessions.add(sid)
+                    f.missing += 1
+                    sid = pending.get(slice_id)
+                    if sid in alive:
+                        uploading = True
+                    elif sid is not None:
+                        f.ended_sessions.add(sid)
             report.blocks += f.total
             if f.missing:
                 if uploading and not f.ended_sessions:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from cachefs.meta.types import CHUNK_SIZE, TYPE_FILE, Attr, now_ns
+from cachefs.meta.types import TYPE_FILE, Attr, now_ns
 
 from .errors import CachefsError, FSError
 
@@ -91,12 +91,7 @@ class Control:
             attr = self.meta.getattr(ino)
         except FSError:
             return []
-        seen: dict[int, int] = {}
-        for indx in range((attr.length + CHUNK_SIZE - 1) // CHUNK_SIZE):
-            for s in self.meta.read_chunk(ino, indx):
-                if s.id:
-                    seen.setdefault(s.id, s.size)
-        return list(seen.items())
+        return self.meta.file_slices(ino, attr.length)
 
     def warmup(self, inodes: list[int], threads: int) -> dict:
         slices = [s for ino in inodes for s in self._slices(ino)]

@@ -294,6 +294,11 @@ class BaseMeta(ABC):
     def read_chunk(self, ino: int, indx: int) -> list[Slice]:
         return self._read(lambda tx: tx.get_slices(ino, indx))
 
+    def file_slices(self, ino: int, length: int) -> list[tuple[int, int]]:
+        """Distinct (slice id, size) of a file of `length` bytes: what its blocks are made of."""
+        chunks = (length + CHUNK_SIZE - 1) // CHUNK_SIZE
+        return _distinct(s for indx in range(chunks) for s in self.read_chunk(ino, indx))
+
     # ---- namespace changes ---------------------------------------------------------------------
     def mknod(
         self, parent: int, name: bytes, typ: int, mode: int, uid: int, gid: int,
