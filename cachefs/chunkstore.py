@@ -237,9 +237,11 @@ class ChunkStore:
         self.cache.drop(key)
         log.warning("%s: dropped, fetching again", e)
 
-    def read(self, slice_id: int, slice_size: int, off: int, n: int) -> bytes:
+    def read(self, slice_id: int, slice_size: int, off: int, n: int) -> Buffer:
         """Bytes [off, off+n) of a slice, fetching its blocks in parallel. A small read of a block
-        that is not in memory reads just its segments from the disk cache."""
+        that is not in memory reads just its segments from the disk cache. A read inside one
+        block answers with a view of it: FUSE replies from the view, and a 1 MiB copy per request
+        was a fifth of a warm sequential read's CPU."""
         bs = self.block_size
         first, last = off // bs, (off + n - 1) // bs
         start = off - first * bs
@@ -259,10 +261,15 @@ class ChunkStore:
                 block = self.get_block(slice_id, slice_size, first)
             else:
                 self.metrics.buffer_hits.inc()
-            return block[start : start + n]
+            return block if start == 0 and n == len(block) else memoryview(block)[start : start + n]
         futs = [self._downloads.submit(self.get_block, slice_id, slice_size, i) for i in range(first + 1, last + 1)]
         blocks = [self.get_block(slice_id, slice_size, first)] + [f.result() for f in futs]
-        return b"".join(blocks)[start : start + n]
+        # only the asked-for part of each block is copied, once
+        end = off + n - last * bs
+        views = [memoryview(b) for b in blocks]
+        views[-1] = views[-1][:end]
+        views[0] = views[0][start:]
+        return b"".join(views)
 
     def prefetch(self, slice_id: int, slice_size: int, index: int) -> None:
         """Start fetching a block that a sequential reader will want soon."""

@@ -26,6 +26,7 @@ from cachefs.meta.types import (
 )
 
 from . import internal
+from .block import Buffer
 from .chunkstore import ChunkStore, SliceWriter
 from .errors import FSError, ObjectNotFound
 from .slices import Segment, covering, resolve
@@ -373,7 +374,8 @@ class VFS:
                     self.compact_queue.add((fs.ino, indx))
         return segs
 
-    def read(self, fh: int, offset: int, size: int) -> bytes:
+    def read(self, fh: int, offset: int, size: int) -> Buffer:
+        """Up to size bytes at offset: bytes, or a read-only view of a cached block (no copy)."""
         h = self._handle(fh)
         if h.special is not None:
             return h.special.read(offset, size)
@@ -408,7 +410,7 @@ class VFS:
                     raise FSError(errno.EIO, "block missing from the object store") from None
         raise AssertionError("unreachable")
 
-    def _fetch(self, fs: FileState, pieces: list[tuple[int, int, int, int]], n: int, refresh: bool) -> bytes:
+    def _fetch(self, fs: FileState, pieces: list[tuple[int, int, int, int]], n: int, refresh: bool) -> Buffer:
         parts = []
         for indx, cpos, m, at in pieces:
             if refresh:
@@ -429,7 +431,7 @@ class VFS:
             for g in segs:
                 start = at + g.pos - cpos
                 out[start : start + g.len] = self.store.read(g.id, g.size, g.off, g.len)
-        return bytes(out)
+        return out
 
     def _readahead(self, h: Handle, fs: FileState, offset: int, end: int) -> None:
         """Fetch ahead of a sequential reader, with a window that doubles while the reader stays
