@@ -265,6 +265,7 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
         try:
             trio.run(serve, ops)
         finally:
+            ops.hop.close()
             pyfuse3.close(unmount=True)
         log.info("unmounted %s", cfg.mountpoint)
         return 0

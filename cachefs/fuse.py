@@ -1,5 +1,5 @@
-"""The FUSE shell: pyfuse3 handlers that send every blocking call to worker threads through
-one bounded limiter and map our exceptions to errno. No file-system logic lives here."""
+"""The FUSE shell: pyfuse3 handlers that send every blocking call to a bounded pool of worker
+threads and map our exceptions to errno. No file-system logic lives here."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from cachefs.meta.types import Attr
 
 from .errors import errno_of
 from .internal import is_internal
+from .threadhop import ThreadHop
 from .vfs import VFS, Ctx
 
 log = logging.getLogger("cachefs.fuse")
@@ -31,7 +32,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.vfs = vfs
         self.block_size = block_size
-        self.limiter = trio.CapacityLimiter(threads)
+        self.hop = ThreadHop(threads)
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.dir_entry_timeout = dir_entry_timeout
@@ -49,8 +50,7 @@ class Operations(pyfuse3.Operations):
             hook()
         start = time.perf_counter()
         try:
-            return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                                 limiter=self.limiter)
+            return await self.hop.run(functools.partial(fn, *args, **kwargs))
         except pyfuse3.FUSEError:
             raise
         except Exception as e:
