@@ -200,6 +200,8 @@ class Operations(pyfuse3.Operations):
         await self._run("setxattr", self.vfs.setxattr, inode, name, value)
 
     async def getxattr(self, inode, name, ctx):
+        if self.vfs.known_without(inode, name):  # asked before every write: no thread for it
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return await self._run("getxattr", self.vfs.getxattr, inode, name)
 
     async def listxattr(self, inode, ctx):

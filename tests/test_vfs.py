@@ -204,3 +204,38 @@ def test_readahead_grows_for_sequential_and_stays_off_for_random(vol):
     while metrics.value("cachefs_prefetch_blocks_total") == 0 and time.time() < deadline:
         time.sleep(0.01)
     assert metrics.value("cachefs_prefetch_blocks_total") > 0
+
+
+def test_capability_xattr_remembered_while_open(vol, monkeypatch):
+    """The kernel asks for security.capability before each write: while the file is open the
+    "none" is remembered, and a change through this client is seen at once."""
+    fh, ino = create(vol)
+    vol.vfs.release(fh)
+    fh = vol.vfs.open(ino, os.O_RDWR)  # opened, not created: the engine is asked once
+    calls = []
+    real = vol.meta.getxattr
+    monkeypatch.setattr(vol.meta, "getxattr", lambda i, n: calls.append(n) or real(i, n))
+    for _ in range(3):
+        with pytest.raises(FSError) as e:
+            vol.vfs.getxattr(ino, b"security.capability")
+        assert e.value.errno == errno.ENODATA
+    assert calls == [b"security.capability"]
+    vol.vfs.setxattr(ino, b"security.capability", b"caps")
+    assert vol.vfs.getxattr(ino, b"security.capability") == b"caps"
+    vol.vfs.removexattr(ino, b"security.capability")
+    with pytest.raises(FSError):
+        vol.vfs.getxattr(ino, b"security.capability")
+    vol.vfs.release(fh)
+    with pytest.raises(FSError):  # closed: asked again
+        vol.vfs.getxattr(ino, b"security.capability")
+    assert len(calls) == 4
+
+
+def test_new_file_known_without_capability(vol, monkeypatch):
+    fh, ino = create(vol, b"new")
+    monkeypatch.setattr(vol.meta, "getxattr", lambda i, n: pytest.fail("asked the engine"))
+    assert vol.vfs.known_without(ino, b"security.capability")
+    assert not vol.vfs.known_without(ino, b"user.other")
+    with pytest.raises(FSError):
+        vol.vfs.getxattr(ino, b"security.capability")
+    vol.vfs.release(fh)
