@@ -160,6 +160,8 @@ class Operations(pyfuse3.Operations):
         return n
 
     async def flush(self, fh):
+        if self.vfs.nothing_to_flush(fh):
+            return
         await self._run("flush", self.vfs.flush, fh)
 
     async def release(self, fh):

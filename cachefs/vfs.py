@@ -468,6 +468,14 @@ class VFS:
                 self._flush_state(h.state)
             self._upload_error(h.ino)
 
+    def nothing_to_flush(self, fh: int) -> bool:
+        """Whether flush(fh) would do nothing: memory only, so the FUSE shell answers the flush
+        that follows every close of a file only read without sending it to a thread."""
+        h = self._handles.get(fh)
+        if h is None or h.special is not None:
+            return False
+        return h.state is None or (not h.state.pending and self.store.writeback is None)
+
     def _upload_error(self, ino: int) -> None:
         """A rejected write-back upload of this file fails its next flush, fsync or close."""
         wb = self.store.writeback

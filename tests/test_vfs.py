@@ -239,3 +239,14 @@ def test_new_file_known_without_capability(vol, monkeypatch):
     with pytest.raises(FSError):
         vol.vfs.getxattr(ino, b"security.capability")
     vol.vfs.release(fh)
+
+
+def test_nothing_to_flush_only_without_buffered_writes(vol):
+    fh, ino = create(vol, b"g")
+    assert vol.vfs.nothing_to_flush(fh)
+    vol.vfs.write(fh, 0, b"data")
+    assert not vol.vfs.nothing_to_flush(fh)  # buffered: the flush must commit it
+    vol.vfs.flush(fh)
+    assert vol.vfs.nothing_to_flush(fh)
+    vol.vfs.release(fh)
+    assert not vol.vfs.nothing_to_flush(fh)  # unknown handle: the real flush answers EBADF
