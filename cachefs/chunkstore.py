@@ -83,7 +83,7 @@ class ChunkStore:
         self._upload_slots = threading.BoundedSemaphore(max(2, buffer_bytes // 2 // block_size))
         self._downloads = ThreadPoolExecutor(max_downloads, thread_name_prefix="download")
         self.buffer = BlockBuffer(max(buffer_bytes // 2, block_size))
-        self._inflight: dict[str, Future] = {}
+        self._inflight: dict[str, tuple[Future, threading.Event]] = {}  # fetch, its cache write done
         self._inflight_lock = threading.Lock()
         self._uploading = 0
         self._count_lock = threading.Lock()
@@ -142,7 +142,7 @@ class ChunkStore:
         return SliceWriter(self, slice_id, ino, stage)
 
     # ---- reading ---------------------------------------------------------------------------
-    def get_block(self, slice_id: int, slice_size: int, index: int, keep: bool = True) -> bytes:
+    def get_block(self, slice_id: int, slice_size: int, index: int, keep: bool = True) -> Buffer:
         """One block's plain bytes; concurrent callers of the same block share one fetch.
         keep=False (warmup) fills the disk cache without taking memory buffer space."""
         length = min(self.block_size, slice_size - index * self.block_size)
@@ -152,35 +152,48 @@ class ChunkStore:
             self.metrics.buffer_hits.inc()
             return data
         with self._inflight_lock:
-            fut = self._inflight.get(key)
-            owner = fut is None
+            entry = self._inflight.get(key)
+            owner = entry is None
             if owner:
-                fut = Future()
-                self._inflight[key] = fut
+                entry = self._inflight[key] = (Future(), threading.Event())
+        fut, settled = entry
         if not owner:
-            return fut.result()
+            data = fut.result()
+            if not keep:
+                settled.wait()  # a warmup returns once the block is in the disk cache
+            return data
         try:
-            data = self._load(slice_id, index, key, length)
+            data, fetched = self._load(slice_id, index, key, length)
             if keep:
                 self.buffer.put(key, data)
                 self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
             fut.set_result(data)
-            return data
         except BaseException as e:
             fut.set_exception(e)
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+            settled.set()
             raise
+        try:
+            # readers waiting for this block have it already; the cache write is this thread's
+            # own (and done before it returns, so a warmup that returns has filled the cache)
+            if fetched and self.cache is not None:
+                self.cache.put(key, data)
+            return data
         finally:
             with self._inflight_lock:
                 self._inflight.pop(key, None)
+            settled.set()
 
-    def _load(self, slice_id: int, index: int, key: str, length: int) -> bytes:
-        """A block from staging, the disk cache (verified) or else the object store (verified,
-        cached); a block another node has not uploaded yet is waited for."""
+    def _load(self, slice_id: int, index: int, key: str, length: int) -> tuple[Buffer, bool]:
+        """(block, fetched from the object store) from staging, the disk cache (verified) or
+        else the object store (verified); a block another node has not uploaded yet is waited
+        for."""
         if self.writeback is not None:
             raw = self.writeback.read(slice_id, index, length)
             if raw is not None:
                 try:
-                    return decode_block(raw, length, key)
+                    return decode_block(raw, length, key), False
                 except ChecksumError:
                     self.metrics.checksum_errors.labels("staging").inc()
                     raise
@@ -191,7 +204,7 @@ class ChunkStore:
                 self._cache_damaged(key, e)
                 data = None
             if data is not None:
-                return data
+                return data, False
         try:
             raw = self.store.get(key)
         except ObjectNotFound:
@@ -201,9 +214,7 @@ class ChunkStore:
         except ChecksumError:
             self.metrics.checksum_errors.labels("object").inc()
             raise
-        if self.cache is not None:
-            self.cache.put(key, data)
-        return data
+        return data, True
 
     def pending(self) -> set[int]:
         """Ids of the volume's slices committed but not yet uploaded (empty when not known)."""

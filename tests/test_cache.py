@@ -10,7 +10,7 @@ import pytest
 
 from cachefs.metrics import parse_text
 
-from .conftest import run_cli
+from .conftest import run_cli, wait_for
 from .servers import free_port
 
 pytestmark = pytest.mark.mount
@@ -76,7 +76,8 @@ def test_flipped_byte_in_cache_is_refetched(vol, mounts, tmp_path):
     s = stats(mp)
     assert s['cachefs_checksum_errors_total{source="cache"}'] == 1
     assert s[GET] == 1
-    assert open(victim, "rb").read() != bytes(raw)  # replaced by a good copy
+    # replaced by a good copy (written by the thread that fetched it, after the reader had it)
+    assert wait_for(lambda: os.path.exists(victim) and open(victim, "rb").read() != bytes(raw))
 
 
 def test_removed_cache_dir_is_dropped(vol, mounts, tmp_path):
