@@ -19,6 +19,8 @@ from collections import OrderedDict
 
 import xxhash
 
+from .block import Buffer
+from .directio import ALIGN, AlignedBuffers, write_atomic_direct
 from .errors import ChecksumError
 from .fileutil import write_atomic
 from .metrics import Metrics
@@ -39,7 +41,7 @@ def entry_header(plain: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(plain), SEGMENT) + sums
 
 
-def _layout(head: bytes, key: str) -> tuple[int, int, int]:
+def _layout(head: Buffer, key: str) -> tuple[int, int, int]:
     """(plain length, segment size, offset of the data) of an entry, or ChecksumError."""
     if len(head) < HEADER.size:
         raise ChecksumError(f"cache entry {key}: truncated")
@@ -50,7 +52,7 @@ def _layout(head: bytes, key: str) -> tuple[int, int, int]:
     return length, seg, HEADER.size + 8 * nseg
 
 
-def _verify(data: bytes, sums: bytes, first_seg: int, seg: int, key: str) -> None:
+def _verify(data: Buffer, sums: bytes, first_seg: int, seg: int, key: str) -> None:
     mv = memoryview(data)
     for i in range(0, len(data), seg):
         want = struct.unpack_from("<Q", sums, (first_seg + i // seg) * 8)[0]
@@ -58,11 +60,30 @@ def _verify(data: bytes, sums: bytes, first_seg: int, seg: int, key: str) -> Non
             raise ChecksumError(f"cache entry {key}: checksum mismatch")
 
 
+def _span(key: str, length: int, seg: int, offset: int, n: int) -> tuple[int, int]:
+    """The first and last segments that bytes [offset, offset+n) of the block touch."""
+    if n <= 0 or offset < 0 or offset + n > length:
+        raise ChecksumError(f"cache entry {key}: shorter than asked")
+    return offset // seg, (offset + n - 1) // seg
+
+
+def _checked(key: str, data: Buffer, want: int, sums: bytes, first: int, seg: int, offset: int,
+             n: int) -> bytes:
+    """The asked-for bytes of the segments read, verified."""
+    if len(data) != want:
+        raise ChecksumError(f"cache entry {key}: truncated")
+    _verify(data, sums[HEADER.size :], first, seg, key)
+    skip = offset - first * seg
+    out = data[skip : skip + n]  # the bytes read themselves when the whole block was asked for
+    return out if isinstance(out, bytes) else bytes(out)
+
+
 class CacheDir:
     def __init__(self, root: str, volume_uuid: str) -> None:
         self.root = os.path.abspath(root)
         self.base = os.path.join(self.root, volume_uuid, "raw")
         self.alive = True
+        self.direct = True  # until the file system refuses O_DIRECT
 
     def path(self, key: str) -> str:
         return os.path.join(self.base, key)
@@ -75,6 +96,7 @@ class DiskCache:
         self.free_ratio = free_ratio
         self.metrics = metrics or Metrics()
         self._lock = threading.Lock()
+        self._buffers = AlignedBuffers(8)  # direct I/O: at most 8 entries in flight, 8 reused buffers
         self._entries: OrderedDict[str, tuple[CacheDir, int]] = OrderedDict()  # LRU order
         self.used = 0
         self.dirs: list[CacheDir] = []
@@ -145,7 +167,8 @@ class DiskCache:
             entry = self._entries.get(key)
             return entry is not None and entry[0].alive
 
-    def _open(self, key: str):  # noqa: ANN202 - (file, dir) or None
+    def _locate(self, key: str) -> tuple[CacheDir, int] | None:
+        """(directory, entry size) of a cached block, marked as just used; None on a miss."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -153,12 +176,7 @@ class DiskCache:
         if entry is None or not entry[0].alive:
             self.metrics.cache_misses.inc()
             return None
-        cd = entry[0]
-        try:
-            return open(cd.path(key), "rb"), cd
-        except OSError as e:
-            self._broken(key, cd, e)
-            return None
+        return entry
 
     def _broken(self, key: str, cd: CacheDir, e: OSError) -> None:
         self.metrics.cache_errors.inc()
@@ -173,32 +191,37 @@ class DiskCache:
     def read_range(self, key: str, offset: int, n: int | None) -> bytes | None:
         """Bytes [offset, offset+n) of a block (n None: to its end), reading and verifying only
         the segments they touch; None on a miss; ChecksumError if damaged."""
-        opened = self._open(key)
-        if opened is None:
+        found = self._locate(key)
+        if found is None:
             return None
-        f, cd = opened
+        cd, _size = found
         try:
-            with f:
-                head = f.read(HEADER.size)
-                length, seg, start = _layout(head, key)
-                if n is None:
-                    n = length - offset
-                if n <= 0 or offset + n > length:
-                    raise ChecksumError(f"cache entry {key}: shorter than asked")
-                first, last = offset // seg, (offset + n - 1) // seg
-                sums = head + f.read(start - HEADER.size)
-                f.seek(start + first * seg)
-                data = f.read(min(length, (last + 1) * seg) - first * seg)
+            # reads go through the page cache: its readahead serves sequential readers, and a
+            # random reader's hot pages stay in memory (direct reads measured 0.6x on both)
+            data = self._read_buffered(key, cd.path(key), offset, n)
         except OSError as e:
             self._broken(key, cd, e)
             return None
-        if len(data) != min(length, (last + 1) * seg) - first * seg:
-            raise ChecksumError(f"cache entry {key}: truncated")
-        _verify(data, sums[HEADER.size :], first, seg, key)
         self.metrics.cache_hits.inc()
-        self.metrics.cache_hit_bytes.inc(n)
-        skip = offset - first * seg
-        return data[skip : skip + n]
+        self.metrics.cache_hit_bytes.inc(len(data))
+        return data
+
+    def _no_direct(self, cd: CacheDir, e: OSError) -> None:
+        if cd.direct:
+            cd.direct = False
+            log.info("cache dir %s: no direct I/O (%s), using the page cache", cd.root, e.strerror)
+
+    def _read_buffered(self, key: str, path: str, offset: int, n: int | None) -> bytes:
+        with open(path, "rb") as f:
+            head = f.read(HEADER.size)
+            length, seg, start = _layout(head, key)
+            if n is None:
+                n = length - offset
+            first, last = _span(key, length, seg, offset, n)
+            sums = head + f.read(start - HEADER.size)
+            f.seek(start + first * seg)
+            want = min(length, (last + 1) * seg) - first * seg
+            return _checked(key, f.read(want), want, sums, first, seg, offset, n)
 
     def put(self, key: str, plain: bytes) -> None:
         """Keep a (verified) block's plain bytes."""
@@ -212,7 +235,7 @@ class DiskCache:
         try:
             if not os.path.isdir(cd.root):
                 raise FileNotFoundError(errno.ENOENT, "cache dir is gone", cd.root)
-            write_atomic(cd.path(key), head, plain)
+            self._write(cd, cd.path(key), head, plain)
         except OSError as e:
             self.metrics.cache_errors.inc()
             if e.errno == errno.ENOSPC:
@@ -225,6 +248,18 @@ class DiskCache:
         self.metrics.cache_write_bytes.inc(size)
         self._evict()
         self._publish()
+
+    def _write(self, cd: CacheDir, path: str, head: bytes, plain: bytes) -> None:
+        if cd.direct:
+            try:
+                with self._buffers.take(len(head) + len(plain) + ALIGN) as buf:
+                    write_atomic_direct(path, (head, plain), buf)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._no_direct(cd, e)
+        write_atomic(path, head, plain)
 
     def _low_on_space(self, cd: CacheDir) -> bool:
         try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 
+from cachefs import diskcache
 from cachefs.diskcache import DiskCache
 from cachefs.errors import ChecksumError
 
@@ -23,6 +25,27 @@ def test_put_get_and_partial_reads(tmp_path):
     for off, n in ((0, 1), (65_530, 20), (200_000, 100_000), (299_999, 1)):
         assert c.read_range("v/chunks/0/0/1_0_300000", off, n) == data[off : off + n]
     assert c.get("missing") is None and c.read_range("missing", 0, 1) is None
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_direct_io_and_its_fallback(tmp_path, monkeypatch, refused):
+    """Entries are written around the page cache where the file system allows O_DIRECT, and
+    through it where it answers EINVAL (older tmpfs, some network file systems); both read back
+    every range, whole and in parts, and are cut back to their length."""
+    if refused:
+        def refuse(*_a, **_k):
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        monkeypatch.setattr(diskcache, "write_atomic_direct", refuse)
+    c = DiskCache([str(tmp_path)], "u", 1 << 30)
+    for size in (1, 4095, 4096, 65_536 * 3 + 7, 4 << 20):
+        data = os.urandom(size)
+        c.put(f"k{size}", data)
+        assert c.get(f"k{size}") == data
+        assert c.read_range(f"k{size}", size // 2, (size + 1) // 2) == data[size // 2 :]
+    assert c.dirs[0].direct is not refused
+    assert c.metrics.cache_errors._value.get() == 0
+    assert sorted(os.path.getsize(f) for f in files(tmp_path))[0] < 4096  # cut back to length
 
 
 def test_corruption_is_detected_where_it_is(tmp_path):

@@ -1,0 +1,95 @@
+"""Cache entries written around the kernel's page cache (O_DIRECT).
+
+Why: a block fetched from the object store is in the block buffer already, so a page-cache copy
+of its new cache entry only doubles memory; and on the machines we measured, getting those
+page-cache pages cost more CPU than the copy itself (a cold sequential read spent 0.65
+CPU-seconds per GiB on it, a third of its CPU). Direct I/O writes from a few reused,
+page-aligned buffers. Reads stay buffered: the kernel's readahead and a random reader's hot
+pages are worth more there (direct reads measured 0.6x on both).
+
+A file system that refuses O_DIRECT answers EINVAL at open: the caller then writes through
+the page cache for that directory.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from .fileutil import TMP_MARK
+
+ALIGN = 4096  # covers every logical block size O_DIRECT asks offsets and lengths to align to
+
+
+def _up(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+class AlignedBuffers:
+    """A fixed number of page-aligned buffers (anonymous maps), handed out and taken back, so
+    direct I/O never allocates: at most `count` of them exist, each as large as the largest
+    entry seen (4 MiB blocks: 4 MiB and a page)."""
+
+    def __init__(self, count: int = 4) -> None:
+        self._free: list[mmap.mmap] = [mmap.mmap(-1, ALIGN) for _ in range(count)]
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def take(self, size: int) -> Iterator[memoryview]:
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            buf = self._free.pop()
+        try:
+            if len(buf) < size:
+                buf.close()
+                buf = mmap.mmap(-1, _up(size))
+            view = memoryview(buf)
+            try:
+                yield view
+            finally:
+                view.release()
+        finally:
+            with self._cond:
+                self._free.append(buf)
+                self._cond.notify()
+
+
+def write_atomic_direct(path: str, parts: Sequence[bytes | memoryview], buf: memoryview) -> None:
+    """Write the parts to path through a temporary name, with direct I/O from buf (at least the
+    parts' length rounded up to a page): the last page is written whole and the file cut back
+    to its length. OSError(EINVAL) from the open where the file system refuses O_DIRECT; any
+    other failure removes the temporary file."""
+    n = sum(len(p) for p in parts)
+    pos = 0
+    for p in parts:
+        buf[pos : pos + len(p)] = p
+        pos += len(p)
+    padded = _up(n)
+    buf[n:padded] = bytes(padded - n)
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(tmp, flags, 0o644)
+    try:
+        try:
+            done = 0
+            while done < padded:
+                done += os.pwrite(fd, buf[done:padded], done)
+            os.ftruncate(fd, n)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
