@@ -1,4 +1,5 @@
-"""S3 (and S3-compatible servers) through boto3, path-style, with our own retry policy."""
+"""S3 (and S3-compatible servers), path-style, with our own retry policy: blocks go through
+signed HTTP requests (s3_http), bucket checks and listings through boto3."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from botocore.config import Config
 from cachefs.errors import ConfigError, ObjectError, ObjectNotFound
 
 from .base import ObjectStore, Transient
+from .s3_http import HTTPFailure, NoCredentials, SignedHTTP
 
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                     "ServiceUnavailable", "RequestTimeTooSkewed", "503", "500", "502", "504"}
@@ -72,50 +74,61 @@ class S3Store(ObjectStore):
         self.client = session.client("s3", config=config, **kwargs)
         # checks at format and mount time must answer within seconds, even from a stalled server
         self._quick = session.client("s3", config=config.merge(Config(read_timeout=5)), **kwargs)
+        creds = session.get_credentials()
+        self.http = SignedHTTP(self.client.meta.endpoint_url, self.bucket, self.client.meta.region_name,
+                               lambda: creds.get_frozen_credentials() if creds is not None else None,
+                               max_connections)
 
     def __str__(self) -> str:
         where = self.endpoint or "s3"
         return f"{where}/{self.bucket}"
 
     def _fail(self, e: Exception, key: str = "") -> Exception:
-        """Our exception for a boto3 failure: transient ones are retried, the rest are final."""
+        """Our exception for a boto3 or signed-HTTP failure: transient ones are retried, the rest
+        are final."""
+        if isinstance(e, Transient):
+            return e
         if isinstance(e, _NETWORK):
             return Transient(f"{self}: {e}")
-        if isinstance(e, bce.NoCredentialsError):
+        if isinstance(e, bce.NoCredentialsError | NoCredentials):
             return ConfigError("no S3 credentials: pass --access-key/--secret-key or set AWS_ACCESS_KEY_ID")
+        if isinstance(e, HTTPFailure):
+            return self._answer(e.code, e.status, e.message, key)
         if isinstance(e, bce.ClientError):
             err = e.response.get("Error", {})
-            code = str(err.get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("NoSuchKey", "404", "NotFound") and key:
-                return ObjectNotFound(f"{self}: no object {key}")
-            if code == "NoSuchBucket" or (code in ("404", "NotFound") and not key):
-                return ObjectError(f"bucket {self.bucket!r} does not exist at {self.endpoint or 'S3'}")
-            if code in _AUTH_CODES:
-                return ObjectError(f"S3 refused the credentials for bucket {self.bucket!r} ({code})")
-            if code in _TRANSIENT_CODES or status >= 500:
-                return Transient(f"{self}: {code or status}")
-            return ObjectError(f"{self}: {code or status}: {err.get('Message', '')}".rstrip(": "))
+            return self._answer(str(err.get("Code", "")), status, err.get("Message", ""), key)
         if isinstance(e, bce.BotoCoreError):
             return Transient(f"{self}: {e}")
         return e
 
+    def _answer(self, code: str, status: int, message: str, key: str) -> Exception:
+        """Our exception for an S3 error answer (its code, HTTP status and message)."""
+        if code in ("NoSuchKey", "404", "NotFound") and key:
+            return ObjectNotFound(f"{self}: no object {key}")
+        if code == "NoSuchBucket" or (code in ("404", "NotFound") and not key):
+            return ObjectError(f"bucket {self.bucket!r} does not exist at {self.endpoint or 'S3'}")
+        if code in _AUTH_CODES:
+            return ObjectError(f"S3 refused the credentials for bucket {self.bucket!r} ({code})")
+        if code in _TRANSIENT_CODES or status >= 500:
+            return Transient(f"{self}: {code or status}")
+        return ObjectError(f"{self}: {code or status}: {message}".rstrip(": "))
+
     def _put(self, key: str, data: bytes) -> None:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            self.http.put(key, data)
         except Exception as e:
             raise self._fail(e, key) from None
 
     def _get(self, key: str) -> bytes:
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=key)
-            return resp["Body"].read()
+            return self.http.get(key)
         except Exception as e:
             raise self._fail(e, key) from None
 
     def _delete(self, key: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            self.http.delete(key)
         except Exception as e:
             err = self._fail(e, key)
             if not isinstance(err, ObjectNotFound):

@@ -1,0 +1,98 @@
+"""The block data path to S3: PUT, GET and DELETE of one object as SigV4-signed HTTP requests,
+without the boto3 client around them.
+
+Why: blocks are the hot path, and the boto3 client's machinery (endpoint rules, events,
+parameter validation, response parsing) cost ~1 ms of CPU per request and more in latency:
+against one moto server on loopback, a 16 KiB PUT took 5.9 ms through the client and 2.0 ms
+signed and sent by hand, a 4 MiB PUT 6.3 against 3.5 ms of our CPU. Small files pay that on
+every close. The signature is botocore's own signer; listing, bucket checks and creation keep
+the client (S3Store).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from urllib.parse import quote
+
+import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+from cachefs.errors import ObjectError
+
+from .base import Transient
+
+# the body is not hashed into the signature (UNSIGNED-PAYLOAD): every block carries its own
+# xxhash, checked on every read, and hashing 4 MiB with SHA-256 costs ~10 ms of CPU
+_UNSIGNED = Config(s3={"payload_signing_enabled": False})
+_CODE = re.compile(rb"<Code>([^<]*)</Code>")
+_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+
+
+class SignedHTTP:
+    """One bucket's objects over a pool of keep-alive connections (thread-safe)."""
+
+    def __init__(self, endpoint_url: str, bucket: str, region: str,
+                 credentials: Callable[[], Credentials | None], max_connections: int,
+                 connect_timeout: float = 3, read_timeout: float = 30) -> None:
+        self.base = f"{endpoint_url.rstrip('/')}/{quote(bucket, safe='')}/"
+        self.region = region
+        self._credentials = credentials
+        kw = {}
+        if os.environ.get("AWS_CA_BUNDLE"):
+            kw["ca_certs"] = os.environ["AWS_CA_BUNDLE"]
+        self.pool = urllib3.PoolManager(
+            num_pools=4, maxsize=max_connections, retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout), **kw)
+
+    def _request(self, method: str, key: str, body: bytes | None = None) -> urllib3.BaseHTTPResponse:
+        url = self.base + quote(key, safe="/~")
+        creds = self._credentials()
+        if creds is None:
+            raise NoCredentials()
+        req = AWSRequest(method=method, url=url, data=body)
+        req.context["client_config"] = _UNSIGNED
+        S3SigV4Auth(creds, "s3", self.region).add_auth(req)
+        try:
+            return self.pool.request(method, url, body=body, headers=dict(req.headers.items()))
+        except urllib3.exceptions.HTTPError as e:  # refused, reset, timed out, cut short
+            raise Transient(f"{method} {key}: {e}") from None
+
+    def put(self, key: str, data: bytes) -> None:
+        r = self._request("PUT", key, data)
+        if r.status != 200:
+            raise HTTPFailure(r.status, r.data)
+
+    def get(self, key: str) -> bytes:
+        r = self._request("GET", key)
+        if r.status != 200:
+            raise HTTPFailure(r.status, r.data)
+        length = r.headers.get("Content-Length")
+        if length is not None and int(length) != len(r.data):
+            raise Transient(f"GET {key}: {len(r.data)} of {length} bytes")
+        return r.data
+
+    def delete(self, key: str) -> None:
+        r = self._request("DELETE", key)
+        if r.status not in (200, 204):
+            raise HTTPFailure(r.status, r.data)
+
+
+class NoCredentials(ObjectError):
+    pass
+
+
+class HTTPFailure(Exception):
+    """An S3 error answer: its status and the code and message of its XML body."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        code = _CODE.search(body or b"")
+        message = _MESSAGE.search(body or b"")
+        self.status = status
+        self.code = code.group(1).decode(errors="replace") if code else str(status)
+        self.message = message.group(1).decode(errors="replace") if message else ""
+        super().__init__(f"{self.code} ({status})")
