@@ -28,6 +28,7 @@ from .metrics import Metrics
 MAGIC = b"CFC1"
 HEADER = struct.Struct("<4sII")  # magic, plain length, segment size
 SEGMENT = 64 << 10
+DIRECT_MIN = 1 << 20  # entries at least this large are written with O_DIRECT
 
 log = logging.getLogger("cachefs.cache")
 _FATAL = {errno.EROFS, errno.EIO, errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENODEV, errno.EPERM}
@@ -250,7 +251,9 @@ class DiskCache:
         self._publish()
 
     def _write(self, cd: CacheDir, path: str, head: bytes, plain: bytes) -> None:
-        if cd.direct:
+        # small entries go through the page cache: what direct I/O saves is per page, and a
+        # direct write waits for the disk (a small file's close waits for its entry)
+        if cd.direct and len(plain) >= DIRECT_MIN:
             try:
                 with self._buffers.take(len(head) + len(plain) + ALIGN) as buf:
                     write_atomic_direct(path, (head, plain), buf)

@@ -46,6 +46,7 @@ def test_direct_io_and_its_fallback(tmp_path, monkeypatch, refused):
     assert c.dirs[0].direct is not refused
     assert c.metrics.cache_errors._value.get() == 0
     assert sorted(os.path.getsize(f) for f in files(tmp_path))[0] < 4096  # cut back to length
+    assert os.path.getsize(max(files(tmp_path), key=os.path.getsize)) == (4 << 20) + 12 + 8 * 64
 
 
 def test_corruption_is_detected_where_it_is(tmp_path):
