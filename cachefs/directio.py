@@ -16,11 +16,10 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .fileutil import TMP_MARK
+from .fileutil import replace_via_temp
 
 ALIGN = 4096  # covers every logical block size O_DIRECT asks offsets and lengths to align to
 
@@ -62,8 +61,7 @@ class AlignedBuffers:
 def write_atomic_direct(path: str, parts: Sequence[bytes | memoryview], buf: memoryview) -> None:
     """Write the parts to path through a temporary name, with direct I/O from buf (at least the
     parts' length rounded up to a page): the last page is written whole and the file cut back
-    to its length. OSError(EINVAL) from the open where the file system refuses O_DIRECT; any
-    other failure removes the temporary file."""
+    to its length. OSError(EINVAL) from the open where the file system refuses O_DIRECT."""
     n = sum(len(p) for p in parts)
     pos = 0
     for p in parts:
@@ -71,14 +69,9 @@ def write_atomic_direct(path: str, parts: Sequence[bytes | memoryview], buf: mem
         pos += len(p)
     padded = _up(n)
     buf[n:padded] = bytes(padded - n)
-    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT
-    try:
-        fd = os.open(tmp, flags, 0o644)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(tmp, flags, 0o644)
-    try:
+
+    def write(tmp: str) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
         try:
             done = 0
             while done < padded:
@@ -86,10 +79,5 @@ def write_atomic_direct(path: str, parts: Sequence[bytes | memoryview], buf: mem
             os.ftruncate(fd, n)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    replace_via_temp(path, write)
