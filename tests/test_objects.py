@@ -15,7 +15,7 @@ from cachefs.objects.file import FileStore
 from cachefs.objects.mem import MemStore
 from cachefs.objects.s3 import S3Store
 
-from .servers import free_port
+from .servers import S3Server, free_port
 
 
 def exercise(store: ObjectStore) -> None:
@@ -91,3 +91,32 @@ def test_transient_failures_retry_then_give_up():
     store = Flaky(100)
     with pytest.raises(ObjectError, match="after 6 attempts"):
         store.put("k", b"1")
+
+
+def test_s3_signatures_checked_by_the_server(monkeypatch):
+    """Against a moto server that verifies signatures: the keys given to the store (not the
+    environment's) sign the block requests, and a wrong secret is refused, not retried."""
+    import boto3
+
+    server = S3Server(env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"})  # the IAM setup below is free
+    try:
+        iam = boto3.client("iam", endpoint_url=server.endpoint, region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="u")
+        iam.put_user_policy(UserName="u", PolicyName="all", PolicyDocument=(
+            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'))
+        key = iam.create_access_key(UserName="u")["AccessKey"]
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        good = S3Store(server.bucket_url("signed"), access_key=key["AccessKeyId"],
+                       secret_key=key["SecretAccessKey"])
+        good.create()
+        good.put("v/chunks/0/0/1_0_3", b"abc")
+        assert good.get("v/chunks/0/0/1_0_3") == b"abc"
+        good.delete("v/chunks/0/0/1_0_3")
+        bad = S3Store(server.bucket_url("signed"), access_key=key["AccessKeyId"], secret_key="wrong")
+        with pytest.raises(ObjectError, match="refused the credentials"):
+            bad.put("v/chunks/0/0/2_0_1", b"z")
+        assert bad.metrics.value("cachefs_object_requests_total", op="put") == 1  # not retried
+    finally:
+        server.stop()

@@ -64,7 +64,9 @@ class S3Store(ObjectStore):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        session = boto3.session.Session()
+        # the keys given (or else the default chain) sign both the boto3 calls and the block path
+        session = boto3.session.Session(aws_access_key_id=access_key or None,
+                                        aws_secret_access_key=secret_key or None)
         kwargs = dict(
             endpoint_url=self.endpoint or None,
             region_name=region or os.environ.get("AWS_REGION") or "us-east-1",
