@@ -120,3 +120,16 @@ def test_s3_signatures_checked_by_the_server(monkeypatch):
         assert bad.metrics.value("cachefs_object_requests_total", op="put") == 1  # not retried
     finally:
         server.stop()
+
+
+def test_block_path_honours_proxy_settings(monkeypatch):
+    from cachefs.objects.s3_http import proxy_for
+
+    for var in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert proxy_for("https://s3.example.com") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.local:3128")
+    monkeypatch.setenv("NO_PROXY", "minio.internal")
+    assert proxy_for("https://s3.example.com") == "http://proxy.local:3128"
+    assert proxy_for("https://minio.internal:9000") is None
+    assert proxy_for("http://s3.example.com") is None  # no HTTP_PROXY

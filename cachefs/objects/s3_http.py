@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import urllib3
 from botocore.auth import S3SigV4Auth
@@ -42,12 +43,12 @@ class SignedHTTP:
         self.base = f"{endpoint_url.rstrip('/')}/{quote(bucket, safe='')}/"
         self.region = region
         self._credentials = credentials
-        kw = {}
+        kw: dict = dict(num_pools=4, maxsize=max_connections, retries=False,
+                        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout))
         if os.environ.get("AWS_CA_BUNDLE"):
             kw["ca_certs"] = os.environ["AWS_CA_BUNDLE"]
-        self.pool = urllib3.PoolManager(
-            num_pools=4, maxsize=max_connections, retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout), **kw)
+        proxy = proxy_for(endpoint_url)
+        self.pool = urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw)
 
     def _request(self, method: str, key: str, body: bytes | None = None) -> urllib3.BaseHTTPResponse:
         url = self.base + quote(key, safe="/~")
@@ -80,6 +81,15 @@ class SignedHTTP:
         r = self._request("DELETE", key)
         if r.status not in (200, 204):
             raise HTTPFailure(r.status, r.data)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for url (HTTP(S)_PROXY, NO_PROXY), as boto3 finds it."""
+    parts = urlsplit(url)
+    proxy = getproxies().get(parts.scheme)
+    if not proxy or proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 class NoCredentials(ObjectError):
