@@ -1,4 +1,4 @@
-"""Cache entries written around the kernel's page cache (O_DIRECT).
+"""Cache entries and staged blocks written around the kernel's page cache (O_DIRECT).
 
 Why: a block fetched from the object store is in the block buffer already, so a page-cache copy
 of its new cache entry only doubles memory; and on the machines we measured, getting those
@@ -13,13 +13,17 @@ the page cache for that directory.
 
 from __future__ import annotations
 
+import errno
+import logging
 import mmap
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .fileutil import replace_via_temp
+from .fileutil import replace_via_temp, write_atomic
+
+log = logging.getLogger("cachefs.directio")
 
 ALIGN = 4096  # covers every logical block size O_DIRECT asks offsets and lengths to align to
 
@@ -58,10 +62,12 @@ class AlignedBuffers:
                 self._cond.notify()
 
 
-def write_atomic_direct(path: str, parts: Sequence[bytes | memoryview], buf: memoryview) -> None:
+def write_atomic_direct(path: str, parts: Sequence[bytes | memoryview], buf: memoryview,
+                        fsync: bool = False) -> None:
     """Write the parts to path through a temporary name, with direct I/O from buf (at least the
     parts' length rounded up to a page): the last page is written whole and the file cut back
-    to its length. OSError(EINVAL) from the open where the file system refuses O_DIRECT."""
+    to its length; fsync makes it durable before the rename. OSError(EINVAL) from the open
+    where the file system refuses O_DIRECT."""
     n = sum(len(p) for p in parts)
     pos = 0
     for p in parts:
@@ -77,7 +83,36 @@ def write_atomic_direct(path: str, parts: Sequence[bytes | memoryview], buf: mem
             while done < padded:
                 done += os.pwrite(fd, buf[done:padded], done)
             os.ftruncate(fd, n)
+            if fsync:
+                os.fsync(fd)  # the length and the device's write cache
         finally:
             os.close(fd)
 
     replace_via_temp(path, write)
+
+
+class AtomicWriter:
+    """Whole files written through a temporary name into one directory: with O_DIRECT from
+    shared aligned buffers for files of min_direct bytes or more, until the directory's file
+    system refuses it (EINVAL); buffered otherwise. Small files gain nothing from skipping the
+    page cache, and a direct write waits for the disk."""
+
+    def __init__(self, where: str, buffers: AlignedBuffers, min_direct: int = 1 << 20) -> None:
+        self.where = where
+        self.buffers = buffers
+        self.min_direct = min_direct
+        self.direct = True
+
+    def write(self, path: str, parts: Sequence[bytes | memoryview], fsync: bool = False) -> None:
+        n = sum(len(p) for p in parts)
+        if self.direct and n >= self.min_direct:
+            try:
+                with self.buffers.take(n + ALIGN) as buf:
+                    write_atomic_direct(path, parts, buf, fsync)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self.direct = False
+                log.info("%s: no direct I/O (%s), writing through the page cache", self.where, e.strerror)
+        write_atomic(path, *parts, fsync=fsync)

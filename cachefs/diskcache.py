@@ -20,9 +20,8 @@ from collections import OrderedDict
 import xxhash
 
 from .block import Buffer
-from .directio import ALIGN, AlignedBuffers, write_atomic_direct
+from .directio import AlignedBuffers, AtomicWriter
 from .errors import ChecksumError
-from .fileutil import write_atomic
 from .metrics import Metrics
 
 MAGIC = b"CFC1"
@@ -84,7 +83,7 @@ class CacheDir:
         self.root = os.path.abspath(root)
         self.base = os.path.join(self.root, volume_uuid, "raw")
         self.alive = True
-        self.direct = True  # until the file system refuses O_DIRECT
+        self.writer: AtomicWriter | None = None  # set by the cache (its buffers are shared)
 
     def path(self, key: str) -> str:
         return os.path.join(self.base, key)
@@ -109,6 +108,7 @@ class DiskCache:
             except OSError as e:
                 log.error("cache dir %s unusable, skipped: %s", d, e.strerror)
                 continue
+            cd.writer = AtomicWriter(f"cache dir {cd.root}", self._buffers, DIRECT_MIN)
             self.dirs.append(cd)
         self._publish()
 
@@ -207,11 +207,6 @@ class DiskCache:
         self.metrics.cache_hit_bytes.inc(len(data))
         return data
 
-    def _no_direct(self, cd: CacheDir, e: OSError) -> None:
-        if cd.direct:
-            cd.direct = False
-            log.info("cache dir %s: no direct I/O (%s), using the page cache", cd.root, e.strerror)
-
     def _read_buffered(self, key: str, path: str, offset: int, n: int | None) -> bytes:
         with open(path, "rb") as f:
             head = f.read(HEADER.size)
@@ -236,7 +231,7 @@ class DiskCache:
         try:
             if not os.path.isdir(cd.root):
                 raise FileNotFoundError(errno.ENOENT, "cache dir is gone", cd.root)
-            self._write(cd, cd.path(key), head, plain)
+            cd.writer.write(cd.path(key), (head, plain))
         except OSError as e:
             self.metrics.cache_errors.inc()
             if e.errno == errno.ENOSPC:
@@ -249,20 +244,6 @@ class DiskCache:
         self.metrics.cache_write_bytes.inc(size)
         self._evict()
         self._publish()
-
-    def _write(self, cd: CacheDir, path: str, head: bytes, plain: bytes) -> None:
-        # small entries go through the page cache: what direct I/O saves is per page, and a
-        # direct write waits for the disk (a small file's close waits for its entry)
-        if cd.direct and len(plain) >= DIRECT_MIN:
-            try:
-                with self._buffers.take(len(head) + len(plain) + ALIGN) as buf:
-                    write_atomic_direct(path, (head, plain), buf)
-                return
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self._no_direct(cd, e)
-        write_atomic(path, head, plain)
 
     def _low_on_space(self, cd: CacheDir) -> bool:
         try:

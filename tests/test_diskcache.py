@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cachefs import diskcache
+from cachefs import directio
 from cachefs.diskcache import DiskCache
 from cachefs.errors import ChecksumError
 
@@ -36,14 +36,14 @@ def test_direct_io_and_its_fallback(tmp_path, monkeypatch, refused):
         def refuse(*_a, **_k):
             raise OSError(errno.EINVAL, "Invalid argument")
 
-        monkeypatch.setattr(diskcache, "write_atomic_direct", refuse)
+        monkeypatch.setattr(directio, "write_atomic_direct", refuse)
     c = DiskCache([str(tmp_path)], "u", 1 << 30)
     for size in (1, 4095, 4096, 65_536 * 3 + 7, 4 << 20):
         data = os.urandom(size)
         c.put(f"k{size}", data)
         assert c.get(f"k{size}") == data
         assert c.read_range(f"k{size}", size // 2, (size + 1) // 2) == data[size // 2 :]
-    assert c.dirs[0].direct is not refused
+    assert c.dirs[0].writer.direct is not refused
     assert c.metrics.cache_errors._value.get() == 0
     assert sorted(os.path.getsize(f) for f in files(tmp_path))[0] < 4096  # cut back to length
     assert os.path.getsize(max(files(tmp_path), key=os.path.getsize)) == (4 << 20) + 12 + 8 * 64
