@@ -122,8 +122,7 @@ class Staging:
         if (slice_id, index, length) not in self._sizes:
             return None
         try:
-            with open(self.file(slice_id, index, length), "rb") as f:
-                return f.read()
+            return self._writer.read(self.file(slice_id, index, length))
         except FileNotFoundError:
             return None
 

@@ -87,3 +87,25 @@ def test_lru_eviction_by_size_and_free_space(tmp_path):
     full = DiskCache([str(tmp_path / "f")], "u", 1 << 30, free_ratio=0.99999)
     full.put("x", b"1" * 1000)
     assert not full.contains("x")  # the disk never has that much free space
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_atomic_writer_reads_back_what_it_wrote(tmp_path, monkeypatch, refused):
+    """Staging's writer: whole files in and out, direct where allowed, fsynced on request."""
+    if refused:
+        real_open = os.open
+
+        def no_direct(path, flags, *a):
+            if flags & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(path, flags, *a)
+
+        monkeypatch.setattr(os, "open", no_direct)
+    w = directio.AtomicWriter("test", directio.AlignedBuffers(2))
+    for size in (10, (1 << 20) + 5, 4 << 20):
+        data = os.urandom(size)
+        w.write(str(tmp_path / f"f{size}"), (data[:7], data[7:]), fsync=True)
+        assert w.read(str(tmp_path / f"f{size}")) == data
+        assert os.path.getsize(tmp_path / f"f{size}") == size
+    assert w.direct is not refused
+    assert not [n for n in os.listdir(tmp_path) if ".tmp." in n]
