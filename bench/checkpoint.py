@@ -1,7 +1,9 @@
 """Checkpoint benchmark: how long `torch.save` of a state dict blocks training, and how long
 until the checkpoint is durable in S3, on a local directory, cachefs write-through, cachefs
-write-back and JuiceFS --writeback, all against one redis-server and one S3 server (moto) on
-loopback, started here. The raw PUT throughput of that S3 server is measured in the same run.
+write-back and JuiceFS --writeback, against one redis-server and S3 servers (moto) on loopback,
+started here: a fresh S3 server for each target and for the raw PUT throughput measured in the
+same run (moto keeps every object in memory and slows down as it fills, so a shared one would
+favour whichever target runs first).
 
     python bench/checkpoint.py                        # 1 GiB, best of 2 (a few minutes)
     python bench/checkpoint.py --size 64 --repeat 1 --no-results   # smoke
@@ -23,6 +25,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,6 +33,8 @@ sys.path.insert(0, ROOT)
 from bench.compare import JUICEFS_VERSION, Cachefs, JuiceFS, MemFS, drop_caches, ensure_juicefs, make_bucket  # noqa: E402
 from bench.results import replace_section  # noqa: E402
 from tests.servers import RedisServer, S3Server, free_port  # noqa: E402
+
+T = TypeVar("T")
 
 MiB = 1 << 20
 
@@ -233,12 +238,20 @@ def main() -> int:
     size = a.size * MiB
     wanted = a.targets.split(",")
     work = tempfile.mkdtemp(prefix="cachefs-ckpt-")
-    redis, s3 = RedisServer(), S3Server()
+    redis = RedisServer()
     results: list[Result] = []
+
+    def on_fresh_s3(fn: Callable[[S3Server], T]) -> T:
+        s3 = S3Server()
+        try:
+            return fn(s3)
+        finally:
+            s3.stop()
+
     try:
         sd = state_dict(size)
         size = sum(t.numel() * t.element_size() for t in sd.values())
-        raw_put = statistics.median(raw_put_throughput(s3.endpoint, size) for _ in range(2))
+        raw_put = on_fresh_s3(lambda s3: statistics.median(raw_put_throughput(s3.endpoint, size) for _ in range(2)))
         if "local" in wanted:
             local = os.path.join(work, "local")
             os.makedirs(local)
@@ -258,16 +271,18 @@ def main() -> int:
                 memfs.teardown()
             results.append(r)
         if "cachefs" in wanted:
-            results.append(run_cachefs("cachefs write-through", sd, work, redis.url(1), s3.bucket_url("ckpt-wt"),
-                                       False, a.repeat, a.cachefs_flags.split()))
+            results.append(on_fresh_s3(lambda s3: run_cachefs(
+                "cachefs write-through", sd, work, redis.url(1), s3.bucket_url("ckpt-wt"), False, a.repeat,
+                a.cachefs_flags.split())))
         if "cachefs-wb" in wanted:
-            results.append(run_cachefs("cachefs write-back", sd, work, redis.url(2), s3.bucket_url("ckpt-wb"),
-                                       True, a.repeat, a.cachefs_flags.split()))
+            results.append(on_fresh_s3(lambda s3: run_cachefs(
+                "cachefs write-back", sd, work, redis.url(2), s3.bucket_url("ckpt-wb"), True, a.repeat,
+                a.cachefs_flags.split())))
         if "juicefs" in wanted and ensure_juicefs():
-            results.append(run_juicefs(sd, work, redis.url(3), s3.bucket_url("ckpt-jfs"), a.repeat))
+            results.append(on_fresh_s3(lambda s3: run_juicefs(sd, work, redis.url(3), s3.bucket_url("ckpt-jfs"),
+                                                              a.repeat)))
     finally:
         redis.stop()
-        s3.stop()
         shutil.rmtree(work, ignore_errors=True)
     table = render(results, size, raw_put)
     print(table)
@@ -287,14 +302,14 @@ def write_results(table: str, a: argparse.Namespace, size: int) -> None:
 
 Measured by `python bench/checkpoint.py --size {a.size} --repeat {a.repeat}` on {time.strftime('%Y-%m-%d')},
 all targets in one run: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},
-torch {torch.__version__}, cachefs {cachefs.__version__}, {juicefs}; one redis-server and one moto S3
-server on loopback; "Python FUSE ceiling" is `bench/memfs.py`, a pyfuse3 file system that keeps
+torch {torch.__version__}, cachefs {cachefs.__version__}, {juicefs}; one redis-server and a fresh moto S3
+server for each target on loopback; "Python FUSE ceiling" is `bench/memfs.py`, a pyfuse3 file system that keeps
 writes in memory and does nothing else. A state dict of {size / MiB:.0f} MiB (float32 tensors of 16 MiB) saved with
 `torch.save`, page cache dropped first; best of {a.repeat}. "returns" is how long training is blocked;
 "durable" is until `cachefs flush` returns (cachefs write-back), until JuiceFS's rawstaging directory is
 empty (JuiceFS), or the return itself (write-through). "size / durable" counts from the start of the
 save; the "upload phase" runs from the first PUT (seen in the target's own metrics) to durable, and is
-compared with parallel 4 MiB PUTs from boto3 to the same server in the same run. cachefs write-back lets
+compared with parallel 4 MiB PUTs from boto3 to a fresh server of the same kind in the same run. cachefs write-back lets
 uploads wait while the writer is staging (`--upload-defer`, default 30 s), so its upload phase starts
 about when torch.save returns; JuiceFS uploads while it writes.
 

@@ -1,7 +1,8 @@
 """Side-by-side benchmark: the same fio jobs and small-file workload against a local directory,
 a do-nothing Python FUSE file system, cachefs (Redis + S3, cold and warm), JuiceFS on the same
-Redis and S3 server, and s3fs / rclone when installed. Starts its own redis-server and S3
-server (moto) on loopback, prints one table and writes bench/RESULTS.md.
+Redis and the same kind of S3 server, and s3fs / rclone when installed. Starts its own
+redis-server, and a fresh S3 server (moto) on loopback for each target, prints one table and
+writes bench/RESULTS.md.
 
     python bench/compare.py                   # full run (about 10 minutes)
     python bench/compare.py --size 64 --small-files 100 --runtime 2 --no-results   # smoke
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,7 +147,7 @@ class JuiceFS(Target):
 
 
 class S3Mount(Target):
-    """A file system that maps one bucket of the shared S3 server (s3fs, rclone)."""
+    """A file system that maps one bucket of an S3 server (s3fs, rclone)."""
 
     def __init__(self, name: str, mountpoint: str, endpoint: str, bucket: str, work: str) -> None:
         super().__init__(name, mountpoint)
@@ -280,30 +281,41 @@ def main() -> int:
         print("bench/compare.py: run as root (it mounts file systems and drops caches)", file=sys.stderr)
         return 1
     work = tempfile.mkdtemp(prefix="cachefs-bench-")
-    redis, s3 = RedisServer(), S3Server()
+    redis = RedisServer()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     wanted = a.targets.split(",")
-    targets: list[Target] = []
     mp = lambda n: os.path.join(work, "mnt-" + n)  # noqa: E731
+    # each target that uses S3 gets a fresh S3 server: moto keeps every object in memory and
+    # slows down as it fills, so a shared one would favour whichever target runs first
+    makers: list[tuple[bool, Callable[[S3Server | None], Target]]] = []
     if "local" in wanted:
-        targets.append(LocalDir("local dir", mp("local")))
+        makers.append((False, lambda s3: LocalDir("local dir", mp("local"))))
     if "memfs" in wanted:
-        targets.append(MemFS("Python FUSE ceiling", mp("memfs")))
+        makers.append((False, lambda s3: MemFS("Python FUSE ceiling", mp("memfs"))))
     if "cachefs" in wanted:
-        targets.append(Cachefs("cachefs", mp("cachefs"), redis.url(1), s3.bucket_url("cachefs"), work))
+        makers.append((True, lambda s3: Cachefs("cachefs", mp("cachefs"), redis.url(1), s3.bucket_url("cachefs"),
+                                                work)))
     if "juicefs" in wanted and ensure_juicefs():
-        targets.append(JuiceFS("JuiceFS", mp("juicefs"), redis.url(2), s3.bucket_url("juicefs"), work))
+        makers.append((True, lambda s3: JuiceFS("JuiceFS", mp("juicefs"), redis.url(2), s3.bucket_url("juicefs"),
+                                                work)))
     if "s3fs" in wanted and shutil.which("s3fs"):
-        targets.append(S3FS("s3fs", mp("s3fs"), s3.endpoint, "s3fs", work))
+        makers.append((True, lambda s3: S3FS("s3fs", mp("s3fs"), s3.endpoint, "s3fs", work)))
     if "rclone" in wanted and shutil.which("rclone"):
-        targets.append(Rclone("rclone", mp("rclone"), s3.endpoint, "rclone", work))
+        makers.append((True, lambda s3: Rclone("rclone", mp("rclone"), s3.endpoint, "rclone", work)))
+    targets: list[Target] = []
     try:
-        for t in targets:
-            run_target(t, a.size, a.runtime, a.small_files)
+        for needs_s3, make in makers:
+            s3 = S3Server() if needs_s3 else None
+            try:
+                t = make(s3)
+                targets.append(t)
+                run_target(t, a.size, a.runtime, a.small_files)
+            finally:
+                if s3 is not None:
+                    s3.stop()
     finally:
         redis.stop()
-        s3.stop()
         shutil.rmtree(work, ignore_errors=True)
     table = render(targets)
     print(table)
@@ -333,7 +345,8 @@ on {time.strftime('%Y-%m-%d')}, all targets in one run on one machine.
 - jobs: fio psync, sequential write {a.size} MiB bs=1M (end_fsync); sequential read bs=1M cold (local cache
   emptied, remounted, page cache dropped) and warm (page cache dropped, local cache full); random read bs=4k
   direct=1 for {a.runtime} s warm; {a.small_files} files of 16 KiB created, read (page cache dropped), stat'ed.
-- cachefs and JuiceFS use the same redis-server and S3 server, each with its default cache settings.
+- cachefs and JuiceFS use the same redis-server and each a fresh S3 server (moto slows down as it fills),
+  each with its default cache settings.
 
 {table}
 """
