@@ -26,6 +26,7 @@ from .fileutil import replace_via_temp, write_atomic
 log = logging.getLogger("cachefs.directio")
 
 ALIGN = 4096  # covers every logical block size O_DIRECT asks offsets and lengths to align to
+DIRECT_MIN = 1 << 20  # files at least this large are written (and read back) with O_DIRECT
 
 
 def _up(n: int) -> int:
@@ -97,7 +98,7 @@ class AtomicWriter:
     system refuses it (EINVAL); buffered otherwise. Small files gain nothing from skipping the
     page cache, and a direct write waits for the disk."""
 
-    def __init__(self, where: str, buffers: AlignedBuffers, min_direct: int = 1 << 20) -> None:
+    def __init__(self, where: str, buffers: AlignedBuffers, min_direct: int = DIRECT_MIN) -> None:
         self.where = where
         self.buffers = buffers
         self.min_direct = min_direct

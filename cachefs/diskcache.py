@@ -19,7 +19,6 @@ from collections import OrderedDict
 
 import xxhash
 
-from .block import Buffer
 from .directio import AlignedBuffers, AtomicWriter
 from .errors import ChecksumError
 from .metrics import Metrics
@@ -27,7 +26,6 @@ from .metrics import Metrics
 MAGIC = b"CFC1"
 HEADER = struct.Struct("<4sII")  # magic, plain length, segment size
 SEGMENT = 64 << 10
-DIRECT_MIN = 1 << 20  # entries at least this large are written with O_DIRECT
 
 log = logging.getLogger("cachefs.cache")
 _FATAL = {errno.EROFS, errno.EIO, errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENODEV, errno.EPERM}
@@ -41,7 +39,7 @@ def entry_header(plain: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(plain), SEGMENT) + sums
 
 
-def _layout(head: Buffer, key: str) -> tuple[int, int, int]:
+def _layout(head: bytes, key: str) -> tuple[int, int, int]:
     """(plain length, segment size, offset of the data) of an entry, or ChecksumError."""
     if len(head) < HEADER.size:
         raise ChecksumError(f"cache entry {key}: truncated")
@@ -52,30 +50,12 @@ def _layout(head: Buffer, key: str) -> tuple[int, int, int]:
     return length, seg, HEADER.size + 8 * nseg
 
 
-def _verify(data: Buffer, sums: bytes, first_seg: int, seg: int, key: str) -> None:
+def _verify(data: bytes, sums: bytes, first_seg: int, seg: int, key: str) -> None:
     mv = memoryview(data)
     for i in range(0, len(data), seg):
         want = struct.unpack_from("<Q", sums, (first_seg + i // seg) * 8)[0]
         if xxhash.xxh64_intdigest(mv[i : i + seg]) != want:
             raise ChecksumError(f"cache entry {key}: checksum mismatch")
-
-
-def _span(key: str, length: int, seg: int, offset: int, n: int) -> tuple[int, int]:
-    """The first and last segments that bytes [offset, offset+n) of the block touch."""
-    if n <= 0 or offset < 0 or offset + n > length:
-        raise ChecksumError(f"cache entry {key}: shorter than asked")
-    return offset // seg, (offset + n - 1) // seg
-
-
-def _checked(key: str, data: Buffer, want: int, sums: bytes, first: int, seg: int, offset: int,
-             n: int) -> bytes:
-    """The asked-for bytes of the segments read, verified."""
-    if len(data) != want:
-        raise ChecksumError(f"cache entry {key}: truncated")
-    _verify(data, sums[HEADER.size :], first, seg, key)
-    skip = offset - first * seg
-    out = data[skip : skip + n]  # the bytes read themselves when the whole block was asked for
-    return out if isinstance(out, bytes) else bytes(out)
 
 
 class CacheDir:
@@ -108,7 +88,7 @@ class DiskCache:
             except OSError as e:
                 log.error("cache dir %s unusable, skipped: %s", d, e.strerror)
                 continue
-            cd.writer = AtomicWriter(f"cache dir {cd.root}", self._buffers, DIRECT_MIN)
+            cd.writer = AtomicWriter(f"cache dir {cd.root}", self._buffers)
             self.dirs.append(cd)
         self._publish()
 
@@ -168,8 +148,7 @@ class DiskCache:
             entry = self._entries.get(key)
             return entry is not None and entry[0].alive
 
-    def _locate(self, key: str) -> CacheDir | None:
-        """The directory of a cached block, marked as just used; None on a miss."""
+    def _open(self, key: str):  # noqa: ANN202 - (file, dir) or None
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -177,7 +156,12 @@ class DiskCache:
         if entry is None or not entry[0].alive:
             self.metrics.cache_misses.inc()
             return None
-        return entry[0]
+        cd = entry[0]
+        try:
+            return open(cd.path(key), "rb"), cd
+        except OSError as e:
+            self._broken(key, cd, e)
+            return None
 
     def _broken(self, key: str, cd: CacheDir, e: OSError) -> None:
         self.metrics.cache_errors.inc()
@@ -191,32 +175,35 @@ class DiskCache:
 
     def read_range(self, key: str, offset: int, n: int | None) -> bytes | None:
         """Bytes [offset, offset+n) of a block (n None: to its end), reading and verifying only
-        the segments they touch; None on a miss; ChecksumError if damaged."""
-        cd = self._locate(key)
-        if cd is None:
+        the segments they touch; None on a miss; ChecksumError if damaged. Reads go through the
+        page cache: its readahead serves sequential readers and a random reader's hot pages stay
+        in memory (direct reads measured 0.6x on both)."""
+        opened = self._open(key)
+        if opened is None:
             return None
+        f, cd = opened
         try:
-            # reads go through the page cache: its readahead serves sequential readers, and a
-            # random reader's hot pages stay in memory (direct reads measured 0.6x on both)
-            data = self._read_buffered(key, cd.path(key), offset, n)
+            with f:
+                head = f.read(HEADER.size)
+                length, seg, start = _layout(head, key)
+                if n is None:
+                    n = length - offset
+                if n <= 0 or offset < 0 or offset + n > length:
+                    raise ChecksumError(f"cache entry {key}: shorter than asked")
+                first, last = offset // seg, (offset + n - 1) // seg
+                sums = head + f.read(start - HEADER.size)
+                f.seek(start + first * seg)
+                data = f.read(min(length, (last + 1) * seg) - first * seg)
         except OSError as e:
             self._broken(key, cd, e)
             return None
+        if len(data) != min(length, (last + 1) * seg) - first * seg:
+            raise ChecksumError(f"cache entry {key}: truncated")
+        _verify(data, sums[HEADER.size :], first, seg, key)
         self.metrics.cache_hits.inc()
-        self.metrics.cache_hit_bytes.inc(len(data))
-        return data
-
-    def _read_buffered(self, key: str, path: str, offset: int, n: int | None) -> bytes:
-        with open(path, "rb") as f:
-            head = f.read(HEADER.size)
-            length, seg, start = _layout(head, key)
-            if n is None:
-                n = length - offset
-            first, last = _span(key, length, seg, offset, n)
-            sums = head + f.read(start - HEADER.size)
-            f.seek(start + first * seg)
-            want = min(length, (last + 1) * seg) - first * seg
-            return _checked(key, f.read(want), want, sums, first, seg, offset, n)
+        self.metrics.cache_hit_bytes.inc(n)
+        skip = offset - first * seg
+        return data[skip : skip + n]
 
     def put(self, key: str, plain: bytes) -> None:
         """Keep a (verified) block's plain bytes."""
