@@ -35,14 +35,19 @@ def block_lengths(size: int, block_size: int) -> list[int]:
 Buffer = bytes | bytearray | memoryview
 
 
+def as_pieces(data: Buffer | Sequence[Buffer]) -> list[Buffer]:
+    """A block given whole or in pieces, as a list of pieces."""
+    return [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+
+
 def encode_parts(plain: Buffer | Sequence[Buffer], compression: str) -> tuple[Buffer, ...]:
     """The stored block as (header, *payload parts), so a writer can write them without joining
     (uncompressed, the parts are the caller's own buffers). `plain` may come in pieces."""
-    pieces = [plain] if isinstance(plain, bytes | bytearray | memoryview) else list(plain)
+    pieces = as_pieces(plain)
     h = xxhash.xxh64()
     for piece in pieces:
         h.update(piece)
-    length = sum(len(p) for p in pieces)
+    length = sum(map(len, pieces))
     codec, payload = CODEC_NONE, pieces
     if compression == "lz4" and length > 64:
         joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .block import Buffer, block_key, block_lengths, decode_block, encode_parts
+from .block import Buffer, as_pieces, block_key, block_lengths, decode_block, encode_parts
 from .diskcache import DiskCache
 from .errors import ChecksumError, ObjectError, ObjectNotFound
 from .metrics import Metrics
@@ -108,8 +108,8 @@ class ChunkStore:
         """Upload one block, given whole or in pieces, in the background (or, in write-back mode,
         stage it durably and queue its upload); blocks while the upload buffer is full. The
         future is done when the block is in the object store or durable in staging."""
-        pieces = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
-        length = sum(len(p) for p in pieces)
+        pieces = as_pieces(data)
+        length = sum(map(len, pieces))
         self._upload_slots.acquire()
         self._track_upload(1, length)
         key = self.key(slice_id, index, length)
@@ -163,18 +163,15 @@ class ChunkStore:
                 settled.wait()  # a warmup returns once the block is in the disk cache
             return data
         try:
-            data, fetched = self._load(slice_id, index, key, length)
-            if keep:
-                self.buffer.put(key, data)
-                self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
-            fut.set_result(data)
-        except BaseException as e:
-            fut.set_exception(e)
-            with self._inflight_lock:
-                self._inflight.pop(key, None)
-            settled.set()
-            raise
-        try:
+            try:
+                data, fetched = self._load(slice_id, index, key, length)
+                if keep:
+                    self.buffer.put(key, data)
+                    self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
+                fut.set_result(data)
+            except BaseException as e:
+                fut.set_exception(e)
+                raise
             # readers waiting for this block have it already; the cache write is this thread's
             # own (and done before it returns, so a warmup that returns has filled the cache)
             if fetched and self.cache is not None:
