@@ -67,12 +67,8 @@ class S3Store(ObjectStore):
         # the keys given (or else the default chain) sign both the boto3 calls and the block path
         session = boto3.session.Session(aws_access_key_id=access_key or None,
                                         aws_secret_access_key=secret_key or None)
-        kwargs = dict(
-            endpoint_url=self.endpoint or None,
-            region_name=region or os.environ.get("AWS_REGION") or "us-east-1",
-            aws_access_key_id=access_key or None,
-            aws_secret_access_key=secret_key or None,
-        )
+        kwargs = dict(endpoint_url=self.endpoint or None,
+                      region_name=region or os.environ.get("AWS_REGION") or "us-east-1")
         self.client = session.client("s3", config=config, **kwargs)
         # checks at format and mount time must answer within seconds, even from a stalled server
         self._quick = session.client("s3", config=config.merge(Config(read_timeout=5)), **kwargs)
