@@ -50,7 +50,7 @@ class Result:
         return min(xs) if xs else None
 
 
-def state_dict(size: int):  # noqa: ANN201 - a dict of tensors
+def state_dict(size: int):  # a dict of tensors (torch is imported only here)
     import torch
 
     n = max(1, size // (16 * MiB))
@@ -122,7 +122,7 @@ class UploadWatch:
                 if self.read() > self._base:
                     self.first = time.perf_counter()
                     return
-            except Exception:  # noqa: S112 - a missed sample only blurs the figure
+            except Exception:  # a missed sample only blurs the figure
                 continue
 
     def stop(self) -> None:

@@ -10,18 +10,17 @@ import time
 from cachefs.meta import BaseMeta
 
 from .chunkstore import ChunkStore
-from .compact import compact_chunk
-from .vfs import VFS
+from .compact import CompactionQueue, compact_chunk
 
 log = logging.getLogger("cachefs.background")
 
 
 class Background:
-    def __init__(self, meta: BaseMeta, store: ChunkStore, vfs: VFS | None, *, heartbeat: float = 12.0,
-                 session_timeout: float = 60.0, trash_delay: float = 30.0) -> None:
+    def __init__(self, meta: BaseMeta, chunks: ChunkStore, compactions: CompactionQueue | None = None, *,
+                 heartbeat: float = 12.0, session_timeout: float = 60.0, trash_delay: float = 30.0) -> None:
         self.meta = meta
-        self.store = store
-        self.vfs = vfs
+        self.chunks = chunks
+        self.compactions = compactions
         self.heartbeat = heartbeat
         self.session_timeout = session_timeout
         self.trash_delay = trash_delay
@@ -54,24 +53,24 @@ class Background:
     def run_once(self, trash_delay: float | None = None) -> None:
         """One round of every deletion and compaction job (the tests call it directly)."""
         delay = self.trash_delay if trash_delay is None else trash_delay
-        if self.vfs is not None:
-            for ino, indx in self.vfs.take_compactions():
+        if self.compactions is not None:
+            for ino, indx in self.compactions.take():
                 if self._stop.is_set():
                     break
                 try:
-                    compact_chunk(self.meta, self.store, ino, indx)
+                    compact_chunk(self.meta, self.chunks, ino, indx)
                 except Exception as e:
                     log.warning("compaction of inode %d chunk %d failed: %s", ino, indx, e)
-        for ino, length in self.meta.pending_delfiles():
+        for ino, length in self.meta.deleted_files():
             self.meta.delete_file_data(ino, length)
         while not self._stop.is_set():
-            batch = self.meta.pending_trash(500, min_age=delay)
+            batch = self.meta.trash_batch(500, min_age=delay)
             if not batch:
                 break
-            pending = self.store.pending()
+            pending = self.chunks.pending_slice_ids()
             ready = [(sid, size) for sid, size in batch if sid not in pending]
             for sid, size in ready:
-                self.store.delete_slice(sid, size)
+                self.chunks.delete_slice(sid, size)
             # a slice still being uploaded by its writer waits in the trash, or its upload would
             # leave an object behind
             self.meta.trash_done(ready)

@@ -32,6 +32,11 @@ def block_lengths(size: int, block_size: int) -> list[int]:
     return [block_size] * full + ([rest] if rest else [])
 
 
+def block_keys(volume: str, slice_id: int, size: int, block_size: int) -> list[tuple[int, str, int]]:
+    """(index, object key, length) of every block of a slice of `size` bytes."""
+    return [(i, block_key(volume, slice_id, i, n), n) for i, n in enumerate(block_lengths(size, block_size))]
+
+
 Buffer = bytes | bytearray | memoryview
 
 

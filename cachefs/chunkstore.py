@@ -12,12 +12,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .block import Buffer, as_pieces, block_key, block_lengths, decode_block, encode_parts
+from .block import Buffer, as_pieces, block_key, block_keys, decode_block, encode_parts
 from .diskcache import DiskCache
+from .durability import Durability
 from .errors import ChecksumError, ObjectError, ObjectNotFound
 from .metrics import Metrics
 from .objects import ObjectStore
-from .writeback import WriteBack
+from .staging import Staging
 
 log = logging.getLogger("cachefs.chunks")
 
@@ -61,24 +62,30 @@ class BlockBuffer:
 
 
 class ChunkStore:
-    """Memory buffer, then the local disk cache, then the object store.
+    """Memory buffer, then staging (write-back), then the local disk cache, then the object
+    store.
 
     `buffer_bytes` bounds memory for blocks: half holds blocks read (and read ahead), half
-    holds blocks waiting to be uploaded; a writer waits when its half is full."""
+    holds blocks waiting to be uploaded; a writer waits when its half is full. `durability`
+    decides when a written block is safe (write-through or write-back). `pending_slice_ids`
+    names the volume's slices committed with blocks not uploaded yet (by any node): a read of
+    one of their missing blocks waits for it, up to `pending_timeout`."""
 
-    def __init__(self, store: ObjectStore, volume: str, block_size: int, compression: str = "none",
-                 max_uploads: int = 16, max_downloads: int = 16, buffer_bytes: int = 300 << 20,
-                 cache: DiskCache | None = None, metrics: Metrics | None = None,
-                 cache_large_writes: bool = False) -> None:
-        self.store = store
+    def __init__(self, objects: ObjectStore, volume: str, block_size: int, durability: Durability,
+                 metrics: Metrics, *, compression: str = "none", max_uploads: int = 16,
+                 max_downloads: int = 16, buffer_bytes: int = 300 << 20, cache: DiskCache | None = None,
+                 staging: Staging | None = None, pending_slice_ids: Callable[[], set[int]] = set,
+                 pending_timeout: float = 60.0) -> None:
+        self.objects = objects
         self.volume = volume
         self.block_size = block_size
         self.compression = compression
+        self.durability = durability
         self.cache = cache
-        # like JuiceFS: full blocks just written are not cached unless asked (a big write is
-        # rarely read back at once, and caching it doubles the disk traffic of the write)
-        self.cache_large_writes = cache_large_writes
-        self.metrics = metrics or store.metrics
+        self.staging = staging
+        self.metrics = metrics
+        self.pending_slice_ids = pending_slice_ids
+        self.pending_timeout = pending_timeout
         self._uploads = ThreadPoolExecutor(max_uploads, thread_name_prefix="upload")
         self._upload_slots = threading.BoundedSemaphore(max(2, buffer_bytes // 2 // block_size))
         self._downloads = ThreadPoolExecutor(max_downloads, thread_name_prefix="download")
@@ -87,16 +94,11 @@ class ChunkStore:
         self._inflight_lock = threading.Lock()
         self._uploading = 0
         self._count_lock = threading.Lock()
-        self.writeback: WriteBack | None = None  # set by the volume when mounted --writeback
-        # is this slice committed with blocks not yet uploaded (by any node)? set with writeback
-        # or not: another node's pending blocks are waited for, up to pending_timeout
-        self.pending_ids: Callable[[], set[int]] | None = None
-        self.pending_timeout = 60.0
 
     def _track_upload(self, delta_blocks: int, delta_bytes: int) -> None:
         with self._count_lock:
             self._uploading += delta_bytes
-            self.metrics.pending_uploads.inc(delta_blocks)
+            self.metrics.uploads_queued.inc(delta_blocks)
             self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
 
     def key(self, slice_id: int, index: int, length: int) -> str:
@@ -104,27 +106,19 @@ class ChunkStore:
 
     # ---- writing ---------------------------------------------------------------------------
     def put_block(self, slice_id: int, index: int, data: Buffer | Sequence[Buffer], ino: int = 0,
-                  stage: bool = True) -> Future:
-        """Upload one block, given whole or in pieces, in the background (or, in write-back mode,
-        stage it durably and queue its upload); blocks while the upload buffer is full. The
-        future is done when the block is in the object store or durable in staging."""
+                  through: bool = False) -> Future:
+        """Make one block, given whole or in pieces, safe in the background (uploaded, or staged
+        in write-back mode; through: uploaded in any mode); blocks while the upload buffer is
+        full. The future is done when the block is safe."""
         pieces = as_pieces(data)
         length = sum(map(len, pieces))
         self._upload_slots.acquire()
         self._track_upload(1, length)
-        key = self.key(slice_id, index, length)
-        wb = self.writeback if stage else None
+        durability = self.durability.through if through else self.durability
 
         def run() -> None:
             try:
-                parts = encode_parts(pieces, self.compression)
-                if wb is not None:
-                    if wb.stage(slice_id, ino, index, length, parts):
-                        return
-                    self.metrics.staging_fallbacks.inc()  # no room: write it through
-                self.store.put(key, b"".join(parts))
-                if self.cache is not None and (self.cache_large_writes or length < self.block_size):
-                    self.cache.put(key, b"".join(pieces))
+                durability.store(slice_id, ino, index, length, encode_parts(pieces, self.compression), pieces)
             finally:
                 self._track_upload(-1, -length)
                 self._upload_slots.release()
@@ -136,10 +130,10 @@ class ChunkStore:
             self._upload_slots.release()
             raise
 
-    def writer(self, slice_id: int, ino: int = 0, stage: bool = True) -> SliceWriter:
-        """stage=False writes through even in write-back mode (compaction: its commit is not
+    def writer(self, slice_id: int, ino: int = 0, through: bool = False) -> SliceWriter:
+        """through=True writes through even in write-back mode (compaction: its commit is not
         recorded as pending)."""
-        return SliceWriter(self, slice_id, ino, stage)
+        return SliceWriter(self, slice_id, ino, through)
 
     # ---- reading ---------------------------------------------------------------------------
     def get_block(self, slice_id: int, slice_size: int, index: int, keep: bool = True) -> Buffer:
@@ -186,8 +180,8 @@ class ChunkStore:
         """(block, fetched from the object store) from staging, the disk cache (verified) or
         else the object store (verified); a block another node has not uploaded yet is waited
         for."""
-        if self.writeback is not None:
-            raw = self.writeback.read(slice_id, index, length)
+        if self.staging is not None:
+            raw = self.staging.get(slice_id, index, length)
             if raw is not None:
                 try:
                     return decode_block(raw, length, key), False
@@ -203,7 +197,7 @@ class ChunkStore:
             if data is not None:
                 return data, False
         try:
-            raw = self.store.get(key)
+            raw = self.objects.get(key)
         except ObjectNotFound:
             raw = self._wait_pending(slice_id, key)
         try:
@@ -213,12 +207,8 @@ class ChunkStore:
             raise
         return data, True
 
-    def pending(self) -> set[int]:
-        """Ids of the volume's slices committed but not yet uploaded (empty when not known)."""
-        return self.pending_ids() if self.pending_ids is not None else set()
-
     def is_pending(self, slice_id: int) -> bool:
-        return slice_id in self.pending()
+        return slice_id in self.pending_slice_ids()
 
     def _wait_pending(self, slice_id: int, key: str) -> bytes:
         """A missing block of a slice still pending on its writer: poll until it arrives, at most
@@ -230,7 +220,7 @@ class ChunkStore:
         while True:
             pending = self.is_pending(slice_id)
             try:
-                return self.store.get(key)
+                return self.objects.get(key)
             except ObjectNotFound:
                 if not pending:
                     raise ObjectNotFound(f"block {key} is missing from the object store") from None
@@ -302,7 +292,7 @@ class ChunkStore:
 
     # ---- warmup ----------------------------------------------------------------------------
     def _keys(self, slice_id: int, size: int) -> list[tuple[int, str, int]]:
-        return [(i, self.key(slice_id, i, n), n) for i, n in enumerate(block_lengths(size, self.block_size))]
+        return block_keys(self.volume, slice_id, size, self.block_size)
 
     def warm(self, slice_id: int, size: int) -> int:
         """Bring a slice's blocks into the disk cache; returns bytes fetched."""
@@ -329,29 +319,27 @@ class ChunkStore:
 
     # ---- deleting --------------------------------------------------------------------------
     def delete_slice(self, slice_id: int, size: int) -> None:
-        if self.writeback is not None:
-            self.writeback.abandon([slice_id])
+        self.durability.abandon([slice_id])
         for _, key, _ in self._keys(slice_id, size):
             self.buffer.drop(key)
             if self.cache is not None:
                 self.cache.drop(key)
-            self.store.delete(key)
+            self.objects.delete(key)
 
     def close(self) -> None:
+        """Wait for the uploads in flight (the durability behind them is the volume's to close)."""
         self._uploads.shutdown(wait=True)
-        if self.writeback is not None:
-            self.writeback.close()
         self._downloads.shutdown(wait=True, cancel_futures=True)
 
 
 class SliceWriter:
     """Collects one contiguous write and uploads full blocks while it is still growing."""
 
-    def __init__(self, cs: ChunkStore, slice_id: int, ino: int = 0, stage: bool = True) -> None:
+    def __init__(self, cs: ChunkStore, slice_id: int, ino: int = 0, through: bool = False) -> None:
         self.cs = cs
         self.id = slice_id
         self.ino = ino
-        self.stage = stage
+        self.through = through
         self.length = 0
         # the block being filled, as pieces: big writes are kept by reference (FUSE hands us
         # immutable bytes), small ones are coalesced into a bytearray
@@ -381,7 +369,7 @@ class SliceWriter:
                 self._parts, self._fill = [], 0
 
     def _upload(self, block: list[Buffer]) -> None:
-        self._futures.append(self.cs.put_block(self.id, self._next_index, block, self.ino, self.stage))
+        self._futures.append(self.cs.put_block(self.id, self._next_index, block, self.ino, self.through))
         self._next_index += 1
         # surface early failures instead of queueing more work behind them
         done = [f for f in self._futures if f.done()]

@@ -11,10 +11,13 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import __version__
 from .errors import CachefsError, ConfigError
+from .mountinfo import is_mounted, mount_device
+from .options import Options
 
 log = logging.getLogger("cachefs")
 
@@ -22,38 +25,17 @@ RUN_DIR = "/run/cachefs"
 
 
 @dataclass
-class MountConfig:
+class MountRequest:
+    """One mount: where, of what, and how (the options and any extra FUSE options)."""
+
     meta_url: str
     mountpoint: str
-    read_only: bool = False
+    options: Options = field(default_factory=Options)
     fuse_options: list[str] = field(default_factory=list)
-    attr_cache: float = 1.0
-    entry_cache: float = 1.0
-    dir_entry_cache: float = 1.0
-    heartbeat: float = 12.0
-    session_timeout: float = 60.0
-    trash_delay: float = 30.0
-    max_uploads: int = 16
-    max_downloads: int = 16
-    buffer_size: int = 300
-    threads: int = 32
-    log_file: str = ""
-    cache_dirs: list[str] = field(default_factory=lambda: ["/var/cache/cachefs"])
-    cache_size: int = 100 << 10  # MiB
-    free_space_ratio: float = 0.1
-    metrics: str = ""
-    cache_large_writes: bool = False
-    writeback: bool = False
-    fsync_remote: bool = False
-    pending_timeout: float = 60.0
-    upload_defer: float = 30.0
-    flush_timeout: float = 60.0  # write-back: how long an unmounted process keeps uploading
 
 
 def check_mountpoint(path: str) -> str:
     """The absolute mountpoint, or a ConfigError saying what is wrong with it."""
-    from .fuse import is_mounted
-
     real = os.path.realpath(path)
     try:
         st = os.stat(real)
@@ -92,21 +74,21 @@ def read_state(mountpoint: str) -> dict | None:
         return None
 
 
-def _write_state(cfg: MountConfig) -> None:
+def _write_state(req: MountRequest) -> None:
     os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
-    path = state_file(cfg.mountpoint)
+    path = state_file(req.mountpoint)
     fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "mountpoint": cfg.mountpoint, "meta_url": cfg.meta_url,
-                   "writeback": cfg.writeback}, f)
+        json.dump({"pid": os.getpid(), "mountpoint": req.mountpoint, "meta_url": req.meta_url,
+                   "writeback": req.options.writeback}, f)
     os.rename(path + ".tmp", path)
 
 
-def _remove_state(cfg: MountConfig) -> None:
+def _remove_state(req: MountRequest) -> None:
     try:
-        st = read_state(cfg.mountpoint)
+        st = read_state(req.mountpoint)
         if st and st.get("pid") == os.getpid():
-            os.unlink(state_file(cfg.mountpoint))
+            os.unlink(state_file(req.mountpoint))
     except OSError:
         pass
 
@@ -124,13 +106,13 @@ def _setup_logging(log_file: str) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
-def mount(cfg: MountConfig, background: bool) -> int:
+def mount(req: MountRequest, background: bool) -> int:
     """Mount and serve; with background, return once the mount is ready (0) or failed (1)."""
-    cfg.mountpoint = check_mountpoint(cfg.mountpoint)
+    req.mountpoint = check_mountpoint(req.mountpoint)
     if not background:
-        _setup_logging(cfg.log_file)
-        return _serve(cfg, notify=None)
-    log_file = cfg.log_file or "/var/log/cachefs.log"
+        _setup_logging(req.options.log)
+        return _serve(req, notify=None)
+    log_file = req.options.log or "/var/log/cachefs.log"
     try:
         open(log_file, "a").close()
     except OSError as e:
@@ -142,8 +124,8 @@ def mount(cfg: MountConfig, background: bool) -> int:
         with os.fdopen(r, "rb") as f:
             msg = f.read().decode(errors="replace").strip()
         if msg == "ok":
-            print(f"cachefs: mounted at {cfg.mountpoint} (pid {pid}; unmount with `cachefs umount "
-                  f"{cfg.mountpoint}`, log in {log_file})")
+            print(f"cachefs: mounted at {req.mountpoint} (pid {pid}; unmount with `cachefs umount "
+                  f"{req.mountpoint}`, log in {log_file})")
             return 0
         try:
             os.waitpid(pid, 0)
@@ -160,7 +142,7 @@ def mount(cfg: MountConfig, background: bool) -> int:
     logfd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     os.dup2(logfd, 1)
     os.dup2(logfd, 2)
-    cfg.log_file = log_file
+    req.options.log = log_file
     _setup_logging(log_file)
 
     def notify(msg: str) -> None:
@@ -172,7 +154,7 @@ def mount(cfg: MountConfig, background: bool) -> int:
 
     code = 1
     try:
-        code = _serve(cfg, notify)
+        code = _serve(req, notify)
     except BaseException as e:
         log.exception("mount failed")
         notify(str(e))
@@ -185,8 +167,6 @@ def _set_kernel_readahead(mountpoint: str, kib: int) -> None:
     """Let the kernel read ahead a block at a time: larger FUSE reads cost fewer round trips.
     Runs once the kernel's INIT handshake is done (it resets readahead); the device numbers come
     from mountinfo, because a stat of the mountpoint would wait on ourselves."""
-    from .fuse import mount_device
-
     device = mount_device(mountpoint)
     if device is None:
         return
@@ -218,16 +198,17 @@ def _tune_malloc() -> None:
         pass
 
 
-def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
+def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
     import pyfuse3
     import trio
 
-    from .background import Background
     from .fuse import Operations, fuse_options, serve
-    from .volume import Volume, VolumeOptions
+    from .volume import Volume
+
+    o = req.options
 
     def fail(msg: str) -> int:
-        if notify or cfg.log_file:
+        if notify or o.log:
             log.error("%s", msg)
         if notify:
             notify(msg)
@@ -237,36 +218,29 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
 
     _tune_malloc()
     try:
-        vol = Volume(cfg.meta_url, VolumeOptions(cfg.read_only, cfg.max_uploads, cfg.max_downloads,
-                                                 cfg.buffer_size << 20, cfg.cache_dirs, cfg.cache_size << 20,
-                                                 cfg.free_space_ratio, cfg.cache_large_writes, cfg.writeback,
-                                                 cfg.fsync_remote, cfg.pending_timeout, cfg.upload_defer))
+        vol = Volume(req.meta_url, o)
     except CachefsError as e:
         return fail(str(e))
-    bg = None
     try:
-        vol.meta.new_session({"mountpoint": cfg.mountpoint, "hostname": socket.gethostname(),
-                              "version": __version__, "read_only": cfg.read_only,
-                              "writeback": cfg.writeback})
+        vol.meta.new_session({"mountpoint": req.mountpoint, "hostname": socket.gethostname(),
+                              "version": __version__, "read_only": o.read_only, "writeback": o.writeback})
         vol.recover()  # what a killed write-back run left in staging goes up before we are ready
-        bg = Background(vol.meta, vol.chunks, vol.vfs, heartbeat=cfg.heartbeat,
-                        session_timeout=cfg.session_timeout, trash_delay=cfg.trash_delay)
-        ops = Operations(vol.vfs, vol.settings.block_size, cfg.threads, cfg.attr_cache, cfg.entry_cache,
-                         cfg.dir_entry_cache)
-        opts = fuse_options(f"cachefs:{vol.settings.name}", cfg.read_only, cfg.fuse_options)
+        ops = Operations(vol.vfs, vol.metrics, o.threads, o.attr_cache, o.entry_cache, o.dir_entry_cache,
+                         on_init=lambda: _set_kernel_readahead(req.mountpoint,
+                                                               max(128, vol.settings.block_size >> 10)))
+        opts = fuse_options(f"cachefs:{vol.settings.name}", o.read_only, req.fuse_options)
         try:
-            pyfuse3.init(ops, cfg.mountpoint, opts)
+            pyfuse3.init(ops, req.mountpoint, opts)
         except RuntimeError as e:
-            return fail(f"cannot mount at {cfg.mountpoint}: {e}")
-        ops.after_init = lambda: _set_kernel_readahead(cfg.mountpoint, max(128, vol.settings.block_size >> 10))
-        if cfg.metrics:
+            return fail(f"cannot mount at {req.mountpoint}: {e}")
+        if o.metrics:
             try:
-                vol.metrics.serve(cfg.metrics)
+                vol.metrics.serve(o.metrics)
             except (OSError, ValueError) as e:
-                return fail(f"cannot serve metrics on {cfg.metrics}: {e}")
-        bg.start()
-        _write_state(cfg)
-        log.info("mounted volume %s at %s (session %d)", vol.settings.name, cfg.mountpoint, vol.meta.sid)
+                return fail(f"cannot serve metrics on {o.metrics}: {e}")
+        vol.background.start()
+        _write_state(req)
+        log.info("mounted volume %s at %s (session %d)", vol.settings.name, req.mountpoint, vol.meta.sid)
         if notify:
             notify("ok")
         try:
@@ -274,26 +248,25 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
         finally:
             ops.hop.close()
             pyfuse3.close(unmount=True)
-        log.info("unmounted %s", cfg.mountpoint)
+        log.info("unmounted %s", req.mountpoint)
         return 0
     except CachefsError as e:
         return fail(str(e))
     finally:
-        _remove_state(cfg)
+        _remove_state(req)
         try:
-            if vol.writeback is None or vol.vfs.flushed_for_exit:
-                vol.vfs.flush_all()
+            if vol.writeback is None or vol.flushed_for_exit:
+                vol.writer.commit_all(vol.files)
             else:
                 # a plain `umount` (cachefs umount has flushed already): upload what we can before
                 # we go; the rest stays staged for the next mount of this cache dir
-                left = vol.flush(cfg.flush_timeout)
+                left = vol.flush(o.flush_timeout)
                 if left:
                     log.warning("exiting with %d byte(s) of %d file(s) still staged (uploaded at the next "
                                 "mount of this cache dir)", sum(n for _, n in left), len(left))
         except Exception as e:
             log.error("flush at unmount failed: %s", e)
-        if bg is not None:
-            bg.stop()
+        vol.background.stop()  # (never started: nothing to stop)
         try:
             vol.meta.close_session()
         except Exception as e:
@@ -304,8 +277,6 @@ def _serve(cfg: MountConfig, notify) -> int:  # noqa: ANN001 - callable or None
 def umount(mountpoint: str, force: bool = False, wait: float = 60.0) -> None:
     """Unmount and wait for the mount process to finish (it flushes on the way out)."""
     import subprocess
-
-    from .fuse import is_mounted
 
     real = os.path.realpath(mountpoint)
     if not is_mounted(real):

@@ -16,6 +16,7 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
+from typing import BinaryIO
 
 import xxhash
 
@@ -59,11 +60,13 @@ def _verify(data: bytes, sums: bytes, first_seg: int, seg: int, key: str) -> Non
 
 
 class CacheDir:
-    def __init__(self, root: str, volume_uuid: str) -> None:
+    """One cache directory; its writer shares the cache's direct-I/O buffers."""
+
+    def __init__(self, root: str, volume_uuid: str, writer: AtomicWriter) -> None:
         self.root = os.path.abspath(root)
         self.base = os.path.join(self.root, volume_uuid, "raw")
         self.alive = True
-        self.writer: AtomicWriter | None = None  # set by the cache (its buffers are shared)
+        self.writer = writer
 
     def path(self, key: str) -> str:
         return os.path.join(self.base, key)
@@ -81,14 +84,13 @@ class DiskCache:
         self.used = 0
         self.dirs: list[CacheDir] = []
         for d in dirs:
-            cd = CacheDir(d, volume_uuid)
+            cd = CacheDir(d, volume_uuid, AtomicWriter(f"cache dir {os.path.abspath(d)}", self._buffers))
             try:
                 os.makedirs(cd.base, exist_ok=True)
                 self._scan(cd)
             except OSError as e:
                 log.error("cache dir %s unusable, skipped: %s", d, e.strerror)
                 continue
-            cd.writer = AtomicWriter(f"cache dir {cd.root}", self._buffers)
             self.dirs.append(cd)
         self._publish()
 
@@ -148,7 +150,7 @@ class DiskCache:
             entry = self._entries.get(key)
             return entry is not None and entry[0].alive
 
-    def _open(self, key: str):  # noqa: ANN202 - (file, dir) or None
+    def _open(self, key: str) -> tuple[BinaryIO, CacheDir] | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:

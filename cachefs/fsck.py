@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from cachefs.meta import BaseMeta
 from cachefs.meta.types import ROOT_INODE, TYPE_DIR, TYPE_FILE
 
-from .block import block_key, block_lengths
+from .block import block_keys
 from .objects import ObjectStore
 
 
@@ -33,9 +33,9 @@ class Report:
     uploading: list[Finding] = field(default_factory=list)
 
 
-def check(meta: BaseMeta, store: ObjectStore, volume: str, block_size: int,
+def check(meta: BaseMeta, objects: ObjectStore, volume: str, block_size: int,
           session_timeout: float = 60.0) -> Report:
-    present = {key for key, _ in store.list(f"{volume}/chunks/")}
+    present = {key for key, _ in objects.list(f"{volume}/chunks/")}
     pending = {p.id: p.sid for p in meta.pending_slices()}
     cutoff = time.time() - session_timeout
     alive = {s.sid for s in meta.sessions() if s.heartbeat >= cutoff}
@@ -56,9 +56,9 @@ def check(meta: BaseMeta, store: ObjectStore, volume: str, block_size: int,
             f = Finding(path, 0, 0)
             uploading = False
             for slice_id, size in meta.file_slices(ino, attr.length):
-                for i, n in enumerate(block_lengths(size, block_size)):
+                for _i, key, _n in block_keys(volume, slice_id, size, block_size):
                     f.total += 1
-                    if block_key(volume, slice_id, i, n) in present:
+                    if key in present:
                         continue
                     f.missing += 1
                     sid = pending.get(slice_id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from cachefs.meta.types import Attr
 
 from .errors import errno_of
 from .internal import is_internal
+from .metrics import Metrics
 from .threadhop import ThreadHop
 from .vfs import VFS, Ctx
 
@@ -27,26 +27,26 @@ log = logging.getLogger("cachefs.fuse")
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, vfs: VFS, block_size: int, threads: int = 32, attr_timeout: float = 1.0,
-                 entry_timeout: float = 1.0, dir_entry_timeout: float = 1.0) -> None:
+    def __init__(self, vfs: VFS, metrics: Metrics, threads: int = 32, attr_timeout: float = 1.0,
+                 entry_timeout: float = 1.0, dir_entry_timeout: float = 1.0,
+                 on_init: Callable[[], None] | None = None) -> None:
+        """on_init: work that must wait until the kernel has finished its INIT handshake (run
+        once, at the first request)."""
         super().__init__()
         self.vfs = vfs
-        self.block_size = block_size
         self.hop = ThreadHop(threads)
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.dir_entry_timeout = dir_entry_timeout
-        self.latency = vfs.store.metrics.fuse_latency
-        self.read_bytes = vfs.store.metrics.fuse_bytes.labels("read")
-        self.write_bytes = vfs.store.metrics.fuse_bytes.labels("write")
+        self.latency = metrics.fuse_latency
+        self.read_bytes = metrics.fuse_bytes.labels("read")
+        self.write_bytes = metrics.fuse_bytes.labels("write")
         self._internal_fhs: set[int] = set()
-
-    # set by the mount process: work that must wait until the kernel finished its INIT handshake
-    after_init: Callable[[], None] | None = None
+        self._on_init = on_init
 
     async def _run(self, op: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.after_init is not None:
-            hook, self.after_init = self.after_init, None
+        if self._on_init is not None:
+            hook, self._on_init = self._on_init, None
             hook()
         start = time.perf_counter()
         try:
@@ -251,21 +251,3 @@ async def serve(ops: Operations, on_stop: Callable[[], None] | None = None) -> N
     if on_stop is not None:
         on_stop()
 
-
-def mount_device(path: str) -> str | None:
-    """The "major:minor" of the mount at path (already resolved), from mountinfo; None when
-    nothing is mounted there. Never touches the mountpoint itself, which may be our own."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                mp = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-                if mp == path:
-                    return fields[2]
-    except OSError:
-        pass
-    return None
-
-
-def is_mounted(path: str) -> bool:
-    return mount_device(os.path.realpath(path)) is not None

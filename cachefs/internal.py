@@ -11,10 +11,16 @@ import errno
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from cachefs.meta.types import TYPE_FILE, Attr, now_ns
 
 from .errors import CachefsError, FSError
+
+if TYPE_CHECKING:
+    from cachefs.meta import BaseMeta
+
+    from .chunkstore import ChunkStore
 
 STATS_INODE = 0x7FFF_FFFF_0000_0001
 CONTROL_INODE = 0x7FFF_FFFF_0000_0002
@@ -69,7 +75,7 @@ class InternalFile:
 class Control:
     """The commands `.control` understands; each works on inodes the CLI resolved."""
 
-    def __init__(self, meta, chunks, flush: Callable[..., list[tuple[int, int]]]) -> None:  # noqa: ANN001
+    def __init__(self, meta: BaseMeta, chunks: ChunkStore, flush: Callable[..., list[tuple[int, int]]]) -> None:
         self.meta = meta
         self.chunks = chunks
         self._flush = flush

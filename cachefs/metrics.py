@@ -48,7 +48,8 @@ class Metrics:
                                       buckets=_LAT, registry=r)
         self.fuse_bytes = Counter("cachefs_fuse_bytes", "Bytes read and written through FUSE", ["op"],
                                   registry=r)
-        self.pending_uploads = Gauge("cachefs_pending_uploads", "Blocks queued or being uploaded", registry=r)
+        # (the exported name predates the split of "pending" into its meanings; dashboards use it)
+        self.uploads_queued = Gauge("cachefs_pending_uploads", "Blocks queued or being uploaded", registry=r)
         self.staging_blocks = Gauge("cachefs_staging_blocks", "Write-back blocks staged and not yet uploaded",
                                     registry=r)
         self.staging_bytes = Gauge("cachefs_staging_bytes", "Bytes of staged write-back blocks on disk",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TextIO
 
 
 def human(n: float) -> str:
@@ -15,7 +16,7 @@ def human(n: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, label: str, stream=None) -> None:  # noqa: ANN001
+    def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
         self.total = max(total, 1)
         self.done = 0
         self.label = label

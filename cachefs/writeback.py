@@ -19,10 +19,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from cachefs.meta.types import Attr
+
 from .block import Buffer
+from .durability import BlockKey, Commit, WriteThrough
 from .errors import FSError, ObjectError, ObjectUnavailable
 from .metrics import Metrics
 from .objects import ObjectStore
@@ -47,17 +50,23 @@ class _Slice:
 
 
 class WriteBack:
-    """Thread-safe. `confirm(ids)` clears the pending records of fully uploaded slices (the
-    metadata engine's `pending_done`); it is retried until it succeeds."""
+    """The write-back protocol, stage -> sync -> commit with pending records -> upload ->
+    confirm, in one place (the `durability.Durability` interface). Thread-safe.
 
-    def __init__(self, store: ObjectStore, staging: Staging, key: Callable[[int, int, int], str],
+    `confirm(ids)` clears the pending records of fully uploaded slices (the metadata engine's
+    `pending_done`); it is retried until it succeeds. A block that finds no room in staging is
+    written through (`through`)."""
+
+    def __init__(self, objects: ObjectStore, staging: Staging, through: WriteThrough, key: BlockKey,
                  confirm: Callable[[list[int]], None], max_uploads: int, metrics: Metrics,
-                 defer: float = 30.0) -> None:
-        self.store = store
+                 defer: float = 30.0, fsync_remote: bool = False) -> None:
+        self.objects = objects
         self.staging = staging
+        self.through = through
         self.key = key
         self.confirm = confirm
         self.metrics = metrics
+        self.fsync_remote = fsync_remote  # fsync waits for the upload, not only for staging
         self._slices: dict[int, _Slice] = {}
         self._cond = threading.Condition()
         self._queue: queue.Queue[tuple[int, int, int, float] | None] = queue.Queue()
@@ -78,6 +87,29 @@ class WriteBack:
         self._confirmer.start()
 
     # ---- the write path -------------------------------------------------------------------
+    def store(self, slice_id: int, ino: int, index: int, length: int, encoded: tuple[Buffer, ...],
+              plain: Sequence[Buffer]) -> None:
+        """Stage a block durably and queue its upload; without room in staging, write it
+        through (never fail a write that could succeed)."""
+        if not self.stage(slice_id, ino, index, length, encoded):
+            self.metrics.staging_fallbacks.inc()
+            self.through.store(slice_id, ino, index, length, encoded, plain)
+
+    def commit(self, ino: int, slice_ids: list[int], write: Commit) -> Attr:
+        """The slices with staged blocks not yet uploaded are recorded as pending by the same
+        transaction; their staged names are made durable first, so a crash after the commit
+        always finds them."""
+        staged = self.outstanding(slice_ids)
+        if staged:
+            self.staging.sync()
+        attr = write(staged)
+        self.committed(slice_ids)
+        return attr
+
+    def fsync(self, ino: int) -> None:
+        if self.fsync_remote:
+            self.wait(ino)
+
     def stage(self, slice_id: int, ino: int, index: int, length: int, encoded: tuple[Buffer, ...]) -> bool:
         """Stage one stored block (given as parts: header, payload) and queue its upload; False
         when staging has no room."""
@@ -122,13 +154,6 @@ class WriteBack:
                         self.staging.remove(i, index, length)
             self._cond.notify_all()
 
-    def sync(self) -> None:
-        self.staging.sync()
-
-    # ---- reading a staged block ------------------------------------------------------------
-    def read(self, slice_id: int, index: int, length: int) -> bytes | None:
-        return self.staging.get(slice_id, index, length)
-
     # ---- uploading ---------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
@@ -164,11 +189,11 @@ class WriteBack:
                 self._failed(s, err)
                 return
             try:
-                self.metrics.pending_uploads.inc()
+                self.metrics.uploads_queued.inc()
                 try:
-                    self.store.put(self.key(slice_id, index, length), data)
+                    self.objects.put(self.key(slice_id, index, length), data)
                 finally:
-                    self.metrics.pending_uploads.dec()
+                    self.metrics.uploads_queued.dec()
             except ObjectUnavailable as e:
                 self.metrics.upload_failures.labels("transient").inc()
                 log.warning("upload of %d_%d_%d failed, retrying: %s", slice_id, index, length, e)

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cachefs.errors import ConfigError
 
 from .engine import BaseMeta
 
 
-def open_meta(url: str) -> BaseMeta:
-    """The engine for META_URL: redis://[[user]:password@]host:port/db or sqlite3://PATH."""
+def open_meta(url: str, is_open: Callable[[int], bool] | None = None) -> BaseMeta:
+    """The engine for META_URL: redis://[[user]:password@]host:port/db or sqlite3://PATH.
+    is_open: whether this client has an inode open (a mount's open files)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigError(f"bad metadata URL {redact_url(url)!r}: expected redis://... or sqlite3://...")
     if scheme in ("redis", "rediss", "unix"):
         from .redis_engine import RedisMeta
 
-        return RedisMeta(url)
+        return RedisMeta(url, is_open)
     if scheme in ("sqlite3", "sqlite"):
         from .sqlite_engine import SqliteMeta
 
-        return SqliteMeta(rest.split("?", 1)[0])
+        return SqliteMeta(rest.split("?", 1)[0], is_open)
     raise ConfigError(f"unknown metadata URL scheme {scheme!r} (use redis:// or sqlite3://)")
 
 

@@ -91,10 +91,11 @@ class BaseMeta(ABC):
 
     name = "base"
 
-    def __init__(self) -> None:
+    def __init__(self, is_open: Callable[[int], bool] | None = None) -> None:
         self.sid = 0
-        # Set by the vfs: tells unlink whether this client still has the inode open.
-        self.is_open: Callable[[int], bool] = lambda ino: False
+        # whether this client still has the inode open (its open files): unlink keeps such an
+        # inode alive for the open handles instead of deleting it
+        self.is_open: Callable[[int], bool] = is_open or (lambda ino: False)
         self._alloc_lock = threading.Lock()
         self._alloc: dict[str, tuple[int, int]] = {}
         self.settings: Settings | None = None
@@ -183,6 +184,10 @@ class BaseMeta(ABC):
         if self._get_counter("nextInode") < ROOT_INODE + 1:
             self._incr("nextInode", ROOT_INODE + 1 - self._get_counter("nextInode"))
         self.settings = settings
+
+    def is_formatted(self) -> Settings | None:
+        """The volume's settings when one is formatted here, else None."""
+        return self._load_settings()
 
     def load(self) -> Settings:
         settings = self._load_settings()
@@ -444,78 +449,20 @@ class BaseMeta(ABC):
             e1 = tx.get_entry(p1, n1)
             if e1 is None:
                 raise FSError(errno.ENOENT)
-            ino1, t1 = e1
             pa1 = tx.get_attr(p1)
             pa2 = pa1 if p1 == p2 else tx.get_attr(p2)
             if pa1 is None or pa2 is None or pa2.nlink == 0:
                 raise FSError(errno.ENOENT)
             if pa2.type != TYPE_DIR:
                 raise FSError(errno.ENOTDIR)
-            e2 = tx.get_entry(p2, n2)
-            now = now_ns()
-            a1 = tx.get_attr(ino1)
+            a1 = tx.get_attr(e1[0])
             if a1 is None:
                 raise FSError(errno.ENOENT)
-            if flags & RENAME_EXCHANGE:
-                if e2 is None:
-                    raise FSError(errno.ENOENT)
-                ino2, t2 = e2
-                if ino1 == ino2:
-                    return
-                a2 = tx.get_attr(ino2)
-                if a2 is None:
-                    raise FSError(errno.ENOENT)
-                if p1 != p2:
-                    if t1 == TYPE_DIR and self._is_ancestor(tx, ino1, p2):
-                        raise FSError(errno.EINVAL)
-                    if t2 == TYPE_DIR and self._is_ancestor(tx, ino2, p1):
-                        raise FSError(errno.EINVAL)
-                tx.set_entry(p1, n1, ino2, t2)
-                tx.set_entry(p2, n2, ino1, t1)
-                if p1 != p2:
-                    a1.parent, a2.parent = p2, p1
-                    if t1 == TYPE_DIR:
-                        pa1.nlink -= 1
-                        pa2.nlink += 1
-                    if t2 == TYPE_DIR:
-                        pa2.nlink -= 1
-                        pa1.nlink += 1
-                a1.ctime = a2.ctime = now
-                tx.set_attr(ino1, a1)
-                tx.set_attr(ino2, a2)
-            else:
-                a2 = None
-                if e2 is not None:
-                    if flags & RENAME_NOREPLACE:
-                        raise FSError(errno.EEXIST)
-                    ino2, t2 = e2
-                    if ino2 == ino1:
-                        return
-                    if t1 == TYPE_DIR:
-                        if t2 != TYPE_DIR:
-                            raise FSError(errno.ENOTDIR)
-                        if tx.has_entries(ino2):
-                            raise FSError(errno.ENOTEMPTY)
-                    elif t2 == TYPE_DIR:
-                        raise FSError(errno.EISDIR)
-                    a2 = tx.get_attr(ino2)
-                if t1 == TYPE_DIR and p1 != p2 and self._is_ancestor(tx, ino1, p2):
-                    raise FSError(errno.EINVAL)
-                tx.del_entry(p1, n1)
-                tx.set_entry(p2, n2, ino1, t1)
-                a1.ctime = now
-                if p1 != p2:
-                    a1.parent = p2
-                    if t1 == TYPE_DIR:
-                        pa1.nlink -= 1
-                        pa2.nlink += 1
-                tx.set_attr(ino1, a1)
-                if e2 is not None and a2 is not None:
-                    if a2.type == TYPE_DIR:
-                        pa2.nlink -= 1
-                        self._delete_inode(tx, e2[0], a2)
-                    else:
-                        self._drop_link(tx, e2[0], a2, now)
+            e2 = tx.get_entry(p2, n2)
+            now = now_ns()
+            move = self._exchange if flags & RENAME_EXCHANGE else self._replace
+            if not move(tx, (p1, n1, pa1, e1, a1), (p2, n2, pa2, e2), flags, now):
+                return  # the same inode under both names: nothing changes
             pa1.mtime = pa1.ctime = now
             tx.set_attr(p1, pa1)
             if p1 != p2:
@@ -523,6 +470,77 @@ class BaseMeta(ABC):
                 tx.set_attr(p2, pa2)
 
         self._txn(fn)
+
+    def _exchange(self, tx: Tx, src: tuple, dst: tuple, flags: int, now: int) -> bool:
+        """RENAME_EXCHANGE: the two names swap inodes (both must exist). False: nothing to do."""
+        p1, n1, pa1, (ino1, t1), a1 = src
+        p2, n2, pa2, e2 = dst
+        if e2 is None:
+            raise FSError(errno.ENOENT)
+        ino2, t2 = e2
+        if ino1 == ino2:
+            return False
+        a2 = tx.get_attr(ino2)
+        if a2 is None:
+            raise FSError(errno.ENOENT)
+        if p1 != p2:
+            if t1 == TYPE_DIR and self._is_ancestor(tx, ino1, p2):
+                raise FSError(errno.EINVAL)
+            if t2 == TYPE_DIR and self._is_ancestor(tx, ino2, p1):
+                raise FSError(errno.EINVAL)
+        tx.set_entry(p1, n1, ino2, t2)
+        tx.set_entry(p2, n2, ino1, t1)
+        if p1 != p2:
+            a1.parent, a2.parent = p2, p1
+            if t1 == TYPE_DIR:
+                pa1.nlink -= 1
+                pa2.nlink += 1
+            if t2 == TYPE_DIR:
+                pa2.nlink -= 1
+                pa1.nlink += 1
+        a1.ctime = a2.ctime = now
+        tx.set_attr(ino1, a1)
+        tx.set_attr(ino2, a2)
+        return True
+
+    def _replace(self, tx: Tx, src: tuple, dst: tuple, flags: int, now: int) -> bool:
+        """A plain rename: the source name moves, replacing what the destination name held
+        (unless RENAME_NOREPLACE). False: nothing to do."""
+        p1, n1, pa1, (ino1, t1), a1 = src
+        p2, n2, pa2, e2 = dst
+        a2 = None
+        if e2 is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FSError(errno.EEXIST)
+            ino2, t2 = e2
+            if ino2 == ino1:
+                return False
+            if t1 == TYPE_DIR:
+                if t2 != TYPE_DIR:
+                    raise FSError(errno.ENOTDIR)
+                if tx.has_entries(ino2):
+                    raise FSError(errno.ENOTEMPTY)
+            elif t2 == TYPE_DIR:
+                raise FSError(errno.EISDIR)
+            a2 = tx.get_attr(ino2)
+        if t1 == TYPE_DIR and p1 != p2 and self._is_ancestor(tx, ino1, p2):
+            raise FSError(errno.EINVAL)
+        tx.del_entry(p1, n1)
+        tx.set_entry(p2, n2, ino1, t1)
+        a1.ctime = now
+        if p1 != p2:
+            a1.parent = p2
+            if t1 == TYPE_DIR:
+                pa1.nlink -= 1
+                pa2.nlink += 1
+        tx.set_attr(ino1, a1)
+        if e2 is not None and a2 is not None:
+            if a2.type == TYPE_DIR:
+                pa2.nlink -= 1
+                self._delete_inode(tx, e2[0], a2)
+            else:
+                self._drop_link(tx, e2[0], a2, now)
+        return True
 
     # ---- attributes ------------------------------------------------------------------------
     def setattr(
@@ -823,7 +841,8 @@ class BaseMeta(ABC):
             self._pending_done(ids)
 
     # ---- background deletion -------------------------------------------------------------
-    def pending_delfiles(self, limit: int = 100) -> list[tuple[int, int]]:
+    def deleted_files(self, limit: int = 100) -> list[tuple[int, int]]:
+        """(inode, length) of deleted files whose slices are still to be moved to the trash."""
         return self._delfiles(limit)
 
     def delete_file_data(self, ino: int, length: int) -> None:
@@ -839,7 +858,9 @@ class BaseMeta(ABC):
             self._txn(fn)
         self._delfile_done(ino, length)
 
-    def pending_trash(self, limit: int = 1000, min_age: float = 0.0) -> list[tuple[int, int]]:
+    def trash_batch(self, limit: int = 1000, min_age: float = 0.0) -> list[tuple[int, int]]:
+        """(slice id, size) of slices nobody references, queued at least min_age seconds ago:
+        their objects are to be deleted."""
         return self._trash(limit, time.time() - min_age)
 
     def trash_done(self, slices: list[tuple[int, int]]) -> None:

@@ -204,8 +204,8 @@ def _pair(member: bytes) -> tuple[int, int]:
 class RedisMeta(BaseMeta):
     name = "redis"
 
-    def __init__(self, url: str) -> None:
-        super().__init__()
+    def __init__(self, url: str, is_open: Callable[[int], bool] | None = None) -> None:
+        super().__init__(is_open)
         parts = urlsplit(url)
         self.where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
         try:

@@ -148,8 +148,8 @@ def _add_counter(db: sqlite3.Connection, name: str, n: int) -> int:
 class SqliteMeta(BaseMeta):
     name = "sqlite3"
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
+    def __init__(self, path: str, is_open: Callable[[int], bool] | None = None) -> None:
+        super().__init__(is_open)
         if not path:
             raise ConfigError("sqlite3:// URL needs a file path, e.g. sqlite3:///var/lib/cachefs/vol.db")
         self.path = os.path.abspath(path)

@@ -1,1 +1,1 @@
-"""Mount helper and (later) the CSI driver; importable as cachefs.mount."""
+"""The mount helper (mount.cachefs) and the Kubernetes CSI driver; importable as cachefs.mount."""

@@ -29,16 +29,16 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
     def __init__(self, controller: bool) -> None:
         self.controller = controller
 
-    def GetPluginInfo(self, request, context):  # noqa: N802 - gRPC method names
+    def GetPluginInfo(self, request, context):
         return csi_pb2.GetPluginInfoResponse(name=DRIVER_NAME, vendor_version=__version__)
 
-    def GetPluginCapabilities(self, request, context):  # noqa: N802
+    def GetPluginCapabilities(self, request, context):
         caps = [csi_pb2.PluginCapability(service=Service(type=Service.VOLUME_ACCESSIBILITY_CONSTRAINTS))]
         if self.controller:
             caps.insert(0, csi_pb2.PluginCapability(service=Service(type=Service.CONTROLLER_SERVICE)))
         return csi_pb2.GetPluginCapabilitiesResponse(capabilities=caps)
 
-    def Probe(self, request, context):  # noqa: N802
+    def Probe(self, request, context):
         return csi_pb2.ProbeResponse(ready={"value": True})
 
 

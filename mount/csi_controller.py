@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import grpc
 
@@ -43,8 +44,8 @@ def _dir_name(volume_id: str) -> bytes:
     return volume_id.encode()
 
 
-def _check_capabilities(caps) -> str:  # noqa: ANN001 - repeated VolumeCapability
-    """'' when every capability can be served, else why not."""
+def _check_capabilities(caps: Iterable[Any]) -> str:
+    """'' when every capability (a repeated VolumeCapability) can be served, else why not."""
     for cap in caps:
         if cap.HasField("block"):
             return "block volumes are not supported"
@@ -67,11 +68,11 @@ def remove_tree(meta: BaseMeta, parent: int, name: bytes) -> None:
 
 @handled
 class ControllerService(csi_pb2_grpc.ControllerServicer):
-    def ControllerGetCapabilities(self, request, context):  # noqa: N802 - gRPC method names
+    def ControllerGetCapabilities(self, request, context):
         cap = csi_pb2.ControllerServiceCapability(rpc=RPC(type=RPC.CREATE_DELETE_VOLUME))
         return csi_pb2.ControllerGetCapabilitiesResponse(capabilities=[cap])
 
-    def CreateVolume(self, request, context):  # noqa: N802
+    def CreateVolume(self, request, context):
         require(request.name, "name")
         require(len(request.volume_capabilities), "volume_capabilities")
         why = _check_capabilities(request.volume_capabilities)
@@ -109,7 +110,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             volume_id=request.name, capacity_bytes=request.capacity_range.required_bytes,
             volume_context=context_))
 
-    def DeleteVolume(self, request, context):  # noqa: N802
+    def DeleteVolume(self, request, context):
         require(request.volume_id, "volume_id")
         name = _dir_name(request.volume_id)
         with _meta(dict(request.secrets)) as meta:
@@ -122,13 +123,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         log.info("deleted volume %s", request.volume_id)
         return csi_pb2.DeleteVolumeResponse()
 
-    def ControllerPublishVolume(self, request, context):  # noqa: N802
+    def ControllerPublishVolume(self, request, context):
         raise CSIError(Code.UNIMPLEMENTED, "no attach step: cachefs volumes are mounted by the node service")
 
-    def ControllerUnpublishVolume(self, request, context):  # noqa: N802
+    def ControllerUnpublishVolume(self, request, context):
         raise CSIError(Code.UNIMPLEMENTED, "no attach step: cachefs volumes are mounted by the node service")
 
-    def ValidateVolumeCapabilities(self, request, context):  # noqa: N802
+    def ValidateVolumeCapabilities(self, request, context):
         require(request.volume_id, "volume_id")
         require(len(request.volume_capabilities), "volume_capabilities")
         if request.secrets.get(SECRET_META_URL):

@@ -55,7 +55,7 @@ def handled(cls: C) -> C:
 
 def _wrap(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     @functools.wraps(fn)
-    def call(self, request, context):  # noqa: ANN001, ANN202
+    def call(self, request, context):
         secrets = dict(getattr(request, "secrets", {}) or {})
         try:
             return fn(self, request, context)

@@ -14,7 +14,7 @@ import sys
 
 import grpc
 
-from cachefs.fuse import is_mounted
+from cachefs.mountinfo import is_mounted
 
 from . import csi_pb2, csi_pb2_grpc
 from .csi_errors import CSIError, handled, require, scrub
@@ -66,23 +66,23 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.flush_timeout = flush_timeout
 
     # ---- info ---------------------------------------------------------------------------
-    def NodeGetInfo(self, request, context):  # noqa: N802 - gRPC method names
+    def NodeGetInfo(self, request, context):
         return csi_pb2.NodeGetInfoResponse(
             node_id=self.node_id, max_volumes_per_node=self.max_volumes,
             accessible_topology=csi_pb2.Topology(segments={TOPOLOGY_KEY: self.node_id}))
 
-    def NodeGetCapabilities(self, request, context):  # noqa: N802
+    def NodeGetCapabilities(self, request, context):
         cap = csi_pb2.NodeServiceCapability(rpc=RPC(type=RPC.GET_VOLUME_STATS))
         return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[cap])
 
-    def NodeStageVolume(self, request, context):  # noqa: N802
+    def NodeStageVolume(self, request, context):
         raise CSIError(Code.UNIMPLEMENTED, "cachefs volumes are not staged (no STAGE_UNSTAGE_VOLUME)")
 
-    def NodeUnstageVolume(self, request, context):  # noqa: N802
+    def NodeUnstageVolume(self, request, context):
         raise CSIError(Code.UNIMPLEMENTED, "cachefs volumes are not staged (no STAGE_UNSTAGE_VOLUME)")
 
     # ---- publish ------------------------------------------------------------------------
-    def NodePublishVolume(self, request, context):  # noqa: N802
+    def NodePublishVolume(self, request, context):
         require(request.volume_id, "volume_id")
         require(request.target_path, "target_path")
         require(request.HasField("volume_capability"), "volume_capability")
@@ -155,7 +155,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             return mountpoint
 
     # ---- unpublish ----------------------------------------------------------------------
-    def NodeUnpublishVolume(self, request, context):  # noqa: N802
+    def NodeUnpublishVolume(self, request, context):
         require(request.volume_id, "volume_id")
         require(request.target_path, "target_path")
         target = os.path.realpath(request.target_path)
@@ -194,7 +194,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             log.info("stopped the mount of volume %s", volume_id)
 
     # ---- stats --------------------------------------------------------------------------
-    def NodeGetVolumeStats(self, request, context):  # noqa: N802
+    def NodeGetVolumeStats(self, request, context):
         require(request.volume_id, "volume_id")
         require(request.volume_path, "volume_path")
         path = os.path.realpath(request.volume_path)

@@ -1,38 +1,25 @@
 """`mount.cachefs META_URL MOUNTPOINT [-o OPTIONS]`: what `mount -t cachefs` and /etc/fstab run.
 
-Each -o option maps one to one onto a `cachefs mount` flag; generic mount options that the
-kernel or mount(8) own (rw, defaults, _netdev, ...) are accepted and left alone.
+Each -o option is a `cachefs mount` flag of the same name (cachefs/options.py declares them);
+generic mount options that the kernel or mount(8) own (rw, defaults, _netdev, ...) are accepted
+and left alone.
 """
 
 from __future__ import annotations
 
 import sys
 
-# mount(8) options with no meaning for us
-IGNORED = {"rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "exec", "noexec",
-           "suid", "nosuid", "dev", "nodev", "async", "relatime", "noatime", "atime"}
-FLAGS = {"ro": "--read-only", "read-only": "--read-only", "cache-large-write": "--cache-large-write",
-         "writeback": "--writeback"}
-VALUED = {"attr-cache", "entry-cache", "dir-entry-cache", "heartbeat", "session-timeout", "trash-delay",
-          "max-uploads", "max-downloads", "buffer-size", "threads", "log", "cache-dir", "cache-size",
-          "free-space-ratio", "metrics", "fsync", "pending-timeout", "upload-defer", "flush-timeout"}
-FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions"}
+from cachefs.options import translate as translate_options
+
+# mount(8)'s own options, and FUSE options every cachefs mount has: nothing to pass on
+IGNORED = frozenset({"rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail", "exec",
+                     "noexec", "suid", "nosuid", "dev", "nodev", "async", "relatime", "noatime", "atime",
+                     "allow_other", "allow_root", "default_permissions"})
 
 
-def translate(options: str) -> list[str]:
-    """cachefs mount flags for a comma-separated -o string."""
-    args: list[str] = []
-    for opt in filter(None, options.split(",")):
-        key, sep, value = opt.partition("=")
-        if key in IGNORED or key.startswith("x-") or key in FUSE_PASSTHROUGH:
-            continue
-        if key in FLAGS and not sep:
-            args.append(FLAGS[key])
-        elif key in VALUED and sep:
-            args += [f"--{key}", value]
-        else:
-            raise ValueError(f"unknown mount option {opt!r}")
-    return args
+def translate(opts: str) -> list[str]:
+    """cachefs mount flags for a comma-separated -o string (ValueError for an unknown option)."""
+    return translate_options(opts, IGNORED)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,10 +164,10 @@ def test_write_read_truncate(meta):
     assert attr.length == 50
     assert meta.read_chunk(f, 0) == [s1, Slice(50, 0, 0, 0, CHUNK_SIZE - 50)]
     assert meta.read_chunk(f, 1) == []
-    trash = meta.pending_trash()
+    trash = meta.trash_batch()
     assert len(trash) == 1 and trash[0][1] == 5
     meta.trash_done(trash)
-    assert meta.pending_trash() == []
+    assert meta.trash_batch() == []
 
 
 def test_fallocate(meta):
@@ -188,7 +188,7 @@ def test_compact_swap_checks_prefix(meta):
     assert not meta.compact_chunk(f, 0, [b], [c])
     assert meta.compact_chunk(f, 0, [a, b], [c])
     assert meta.read_chunk(f, 0) == [c]
-    assert sorted(meta.pending_trash()) == [(10, 10), (11, 10)]
+    assert sorted(meta.trash_batch()) == [(10, 10), (11, 10)]
 
 
 def test_xattrs(meta):
@@ -214,10 +214,10 @@ def test_unlinked_open_file_is_sustained_until_close(meta):
     assert meta._sustained(meta.sid) == [f]
     meta.close(f)
     assert err(meta.getattr, f) == errno.ENOENT
-    assert meta.pending_delfiles() == [(f, 10)]
+    assert meta.deleted_files() == [(f, 10)]
     meta.delete_file_data(f, 10)
-    assert meta.pending_delfiles() == []
-    assert meta.pending_trash() == [(99, 10)]
+    assert meta.deleted_files() == []
+    assert meta.trash_batch() == [(99, 10)]
 
 
 def test_dead_session_is_cleaned(meta, meta_url):
@@ -327,12 +327,12 @@ def test_clone_shares_slices_with_reference_counts(meta):
     assert err(meta.clone, f, ROOT_INODE, b"c", 0, 0) == errno.EEXIST
     assert err(meta.clone, ROOT_INODE, ROOT_INODE, b"d", 0, 0) == errno.EISDIR
     meta.unlink(ROOT_INODE, b"f")
-    for ino, length in meta.pending_delfiles():
+    for ino, length in meta.deleted_files():
         meta.delete_file_data(ino, length)
-    assert meta.pending_trash() == []  # the clone still references both slices
+    assert meta.trash_batch() == []  # the clone still references both slices
     meta.setattr(c, length=5)  # drops chunk 1: its last reference
-    assert meta.pending_trash() == [(501, 10)]
+    assert meta.trash_batch() == [(501, 10)]
     meta.unlink(ROOT_INODE, b"c")
-    for ino, length in meta.pending_delfiles():
+    for ino, length in meta.deleted_files():
         meta.delete_file_data(ino, length)
-    assert sorted(meta.pending_trash()) == [(500, 10), (501, 10)]
+    assert sorted(meta.trash_batch()) == [(500, 10), (501, 10)]

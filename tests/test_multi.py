@@ -122,7 +122,7 @@ def test_killed_mount_session_is_cleaned(two, mounts):
 
     wait_for(cleaned, timeout=20)
     wait_for(lambda: len(json.loads(run_cli("status", url).stdout)["sessions"]) == 1, timeout=20)
-    wait_for(lambda: not meta.pending_delfiles(), timeout=20)
+    wait_for(lambda: not meta.deleted_files(), timeout=20)
     # the volume is intact: remount the killed side and read what the live side wrote
     open(os.path.join(a, "after"), "w").write("ok")
     b2 = mounts.mount(url, *FAST)

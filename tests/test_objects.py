@@ -10,6 +10,7 @@ import pytest
 from moto import mock_aws
 
 from cachefs.errors import ObjectError, ObjectNotFound, ObjectUnavailable
+from cachefs.metrics import Metrics
 from cachefs.objects.base import ObjectStore, Transient
 from cachefs.objects.file import FileStore
 from cachefs.objects.mem import MemStore
@@ -31,18 +32,19 @@ def exercise(store: ObjectStore) -> None:
 
 
 def test_file_store(tmp_path):
-    store = FileStore(str(tmp_path / "objs"))
+    store = FileStore(str(tmp_path / "objs"), Metrics())
     store.create()
     store.check()
     exercise(store)
 
 
 def test_mem_store():
-    exercise(MemStore())
+    exercise(MemStore(Metrics()))
 
 
 def test_s3_store(s3_server):
-    store = S3Store(s3_server.bucket_url(f"bkt-{uuid.uuid4().hex[:8]}"), access_key="k", secret_key="s")
+    store = S3Store(s3_server.bucket_url(f"bkt-{uuid.uuid4().hex[:8]}"), access_key="k", secret_key="s",
+                    metrics=Metrics())
     store.create()
     store.check()
     exercise(store)
@@ -51,11 +53,12 @@ def test_s3_store(s3_server):
 
 
 def test_s3_errors_over_http(s3_server):
-    missing = S3Store(s3_server.bucket_url("no-such-bucket"), access_key="k", secret_key="s")
+    missing = S3Store(s3_server.bucket_url("no-such-bucket"), access_key="k", secret_key="s",
+                      metrics=Metrics())
     with pytest.raises(ObjectError, match="does not exist"):
         missing.put("k", b"1")
     assert missing.metrics.value("cachefs_object_errors_total", op="put") == 1
-    down = S3Store(f"http://127.0.0.1:{free_port()}/bkt", access_key="k", secret_key="s")
+    down = S3Store(f"http://127.0.0.1:{free_port()}/bkt", access_key="k", secret_key="s", metrics=Metrics())
     down.max_attempts, down.base_delay = 2, 0.001
     with pytest.raises(ObjectUnavailable, match="after 2 attempts"):
         down.get("k")
@@ -63,7 +66,7 @@ def test_s3_errors_over_http(s3_server):
 
 @mock_aws
 def test_s3_missing_bucket():
-    store = S3Store("s3://nope")
+    store = S3Store("s3://nope", metrics=Metrics())
     with pytest.raises(ObjectError, match="does not exist"):
         store.check()
     store.create()
@@ -72,7 +75,7 @@ def test_s3_missing_bucket():
 
 class Flaky(MemStore):
     def __init__(self, failures: int) -> None:
-        super().__init__()
+        super().__init__(Metrics())
         self.failures = failures
         self.base_delay = 0.001
 
@@ -109,12 +112,12 @@ def test_s3_signatures_checked_by_the_server(monkeypatch):
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             monkeypatch.delenv(var, raising=False)
         good = S3Store(server.bucket_url("signed"), access_key=key["AccessKeyId"],
-                       secret_key=key["SecretAccessKey"])
+                       secret_key=key["SecretAccessKey"], metrics=Metrics())
         good.create()
         good.put("v/chunks/0/0/1_0_3", b"abc")
         assert good.get("v/chunks/0/0/1_0_3") == b"abc"
         good.delete("v/chunks/0/0/1_0_3")
-        bad = S3Store(server.bucket_url("signed"), access_key=key["AccessKeyId"], secret_key="wrong")
+        bad = S3Store(server.bucket_url("signed"), access_key=key["AccessKeyId"], secret_key="wrong", metrics=Metrics())
         with pytest.raises(ObjectError, match="refused the credentials"):
             bad.put("v/chunks/0/0/2_0_1", b"z")
         assert bad.metrics.value("cachefs_object_requests_total", op="put") == 1  # not retried

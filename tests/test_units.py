@@ -7,12 +7,12 @@ import random
 import pytest
 
 from cachefs.block import block_key, block_lengths, decode_block, encode_block
-from cachefs.cli import parse_size
 from cachefs.errors import ChecksumError, ConfigError
 from cachefs.meta import open_meta, redact_url
 from cachefs.meta.types import Attr, Slice
 from cachefs.mount.helper import translate
 from cachefs.objects.s3 import parse_bucket
+from cachefs.options import parse_size
 from cachefs.slices import resolve
 
 

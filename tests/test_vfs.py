@@ -10,10 +10,11 @@ import uuid
 import pytest
 
 from cachefs.background import Background
+from cachefs.compact import COMPACT_THRESHOLD
 from cachefs.errors import CachefsError, FSError, errno_of
 from cachefs.meta import open_meta
 from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, Settings
-from cachefs.vfs import COMPACT_THRESHOLD
+from cachefs.options import Options
 from cachefs.volume import Volume
 
 
@@ -24,7 +25,7 @@ def vol(request, tmp_path):
     meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4()), block_size=64 << 10,
                          compression=request.param))
     meta.close_engine()
-    v = Volume(url)
+    v = Volume(url, Options(cache_dir=""))
     v.meta.new_session({})
     yield v
     v.close()
@@ -99,7 +100,7 @@ def test_unlinked_open_file_readable_until_close(vol):
     vol.vfs.unlink(ROOT_INODE, b"f")
     vol.vfs.write(fh, 5, b" world")
     assert vol.vfs.read(fh, 0, 100) == b"hello world"
-    bg = Background(vol.meta, vol.chunks, vol.vfs)
+    bg = Background(vol.meta, vol.chunks, vol.compactions)
     bg.run_once(trash_delay=0)
     assert vol.objects.objects  # still there
     vol.vfs.release(fh)
@@ -123,7 +124,7 @@ def test_compaction_keeps_content_and_frees_objects(vol):
     vol.vfs.release(fh)
     before = len(vol.meta.read_chunk(ino, 0))
     assert before > COMPACT_THRESHOLD
-    Background(vol.meta, vol.chunks, vol.vfs).run_once(trash_delay=0)
+    Background(vol.meta, vol.chunks, vol.compactions).run_once(trash_delay=0)
     assert len(vol.meta.read_chunk(ino, 0)) == 1
     fh = vol.vfs.open(ino, os.O_RDONLY)
     assert vol.vfs.read(fh, 0, 300_000) == bytes(ref)
@@ -145,9 +146,7 @@ def test_read_only(tmp_path):
     meta = open_meta(url)
     meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4())))
     meta.close_engine()
-    from cachefs.volume import VolumeOptions
-
-    v = Volume(url, VolumeOptions(read_only=True))
+    v = Volume(url, Options(read_only=True, cache_dir=""))
     with pytest.raises(FSError) as e:
         v.vfs.mkdir(ROOT_INODE, b"d", 0o755)
     assert e.value.errno == errno.EROFS
@@ -192,7 +191,7 @@ def test_readahead_grows_for_sequential_and_stays_off_for_random(vol):
     for _ in range(20):
         vol.vfs.read(fh, rng.randrange(0, 3 << 20, 4096), 4096)
     assert metrics.value("cachefs_prefetch_blocks_total") == 0
-    h = vol.vfs._handles[fh]
+    h = vol.files.handles[fh]
     windows = []
     for off in range(0, 1 << 20, 128 << 10):
         vol.vfs.read(fh, off, 128 << 10)

@@ -14,7 +14,8 @@ from cachefs import writeback
 from cachefs.errors import CachefsError, ConfigError, FSError, ObjectError, ObjectUnavailable, errno_of
 from cachefs.meta import open_meta
 from cachefs.meta.types import ROOT_INODE, Settings
-from cachefs.volume import Volume, VolumeOptions
+from cachefs.options import Options
+from cachefs.volume import Volume
 
 BS = 64 << 10
 
@@ -49,8 +50,7 @@ def url(tmp_path):
 
 
 def open_volume(url: str, cache: str | None, **kw) -> Volume:
-    opts = VolumeOptions(cache_dirs=[cache] if cache else [], writeback=cache is not None and kw.pop("wb", True),
-                         **kw)
+    opts = Options(cache_dir=cache or "", writeback=cache is not None and kw.pop("wb", True), **kw)
     v = Volume(url, opts)
     v.meta.new_session({})
     return v
@@ -197,7 +197,7 @@ def test_full_staging_writes_through(url, tmp_path):
 
 
 def test_fsync_remote_waits_for_upload(url, tmp_path):
-    vol = open_volume(url, str(tmp_path / "c"), fsync_remote=True)
+    vol = open_volume(url, str(tmp_path / "c"), fsync="remote")
     gate = Gate(vol)
     gate.mode = "hold"
     fh, _ino = write_file(vol, b"f", os.urandom(3 * BS), close=False)

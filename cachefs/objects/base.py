@@ -26,8 +26,8 @@ class ObjectStore(ABC):
     base_delay = 0.1
     max_delay = 5.0
 
-    def __init__(self) -> None:
-        self.metrics = Metrics()
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def __str__(self) -> str:
         return self.kind

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from cachefs.errors import ConfigError, ObjectError, ObjectNotFound
 from cachefs.fileutil import write_atomic
+from cachefs.metrics import Metrics
 
 from .base import ObjectStore, Transient
 
@@ -15,8 +16,8 @@ from .base import ObjectStore, Transient
 class FileStore(ObjectStore):
     kind = "file"
 
-    def __init__(self, root: str) -> None:
-        super().__init__()
+    def __init__(self, root: str, metrics: Metrics) -> None:
+        super().__init__(metrics)
         if not root:
             raise ConfigError("file storage needs --bucket DIRECTORY")
         self.root = os.path.abspath(root)

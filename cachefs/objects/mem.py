@@ -6,17 +6,26 @@ import threading
 from collections.abc import Iterator
 
 from cachefs.errors import ObjectNotFound
+from cachefs.metrics import Metrics
 
 from .base import ObjectStore
+
+# the buckets of this process: clients that open the same bucket share its objects (a test's
+# writer and reader), each counting its own requests
+_BUCKETS: dict[str, tuple[dict[str, bytes], threading.Lock]] = {}
+_BUCKETS_LOCK = threading.Lock()
 
 
 class MemStore(ObjectStore):
     kind = "mem"
 
-    def __init__(self, name: str = "") -> None:
-        super().__init__()
-        self.objects: dict[str, bytes] = {}
-        self._lock = threading.Lock()
+    def __init__(self, metrics: Metrics, name: str = "") -> None:
+        super().__init__(metrics)
+        if name:
+            with _BUCKETS_LOCK:
+                self.objects, self._lock = _BUCKETS.setdefault(name, ({}, threading.Lock()))
+        else:
+            self.objects, self._lock = {}, threading.Lock()
 
     def _put(self, key: str, data: bytes) -> None:
         with self._lock:

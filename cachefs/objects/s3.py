@@ -12,6 +12,7 @@ import botocore.exceptions as bce
 from botocore.config import Config
 
 from cachefs.errors import ConfigError, ObjectError, ObjectNotFound
+from cachefs.metrics import Metrics
 
 from .base import ObjectStore, Transient
 from .s3_http import HTTPFailure, NoCredentials, SignedHTTP
@@ -45,8 +46,8 @@ class S3Store(ObjectStore):
     kind = "s3"
 
     def __init__(self, bucket: str, endpoint: str = "", access_key: str = "", secret_key: str = "",
-                 region: str = "", max_connections: int = 64) -> None:
-        super().__init__()
+                 region: str = "", max_connections: int = 64, *, metrics: Metrics) -> None:
+        super().__init__(metrics)
         self.endpoint, self.bucket = parse_bucket(bucket, endpoint)
         access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID", "")
         secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY", "")

@@ -3,17 +3,34 @@ write and read, small-file write and read, stat; one result table."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .errors import ConfigError
-from .progress import Progress, human
+from cachefs.errors import ConfigError
+from cachefs.progress import Progress, human
 
 BLOCK = 1 << 20
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="quick performance check of a directory", description="Write and read a "
+                       "big file, write and read small files, stat them, and print a result table.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--big-file-size", type=int, default=1024, help="MiB per big file (default 1024)")
+    p.add_argument("--small-file-size", type=int, default=128, help="KiB per small file (default 128)")
+    p.add_argument("--small-file-count", type=int, default=100, help="small files per thread (default 100)")
+    p.add_argument("--threads", "-p", type=int, default=1, help="parallel workers (default 1)")
+
+
+def run(a: argparse.Namespace) -> int:
+    print(table(measure(a.path, a.big_file_size, a.small_file_size, a.small_file_count, a.threads)))
+    return 0
 
 
 @dataclass
@@ -38,7 +55,7 @@ def _drop_caches() -> None:
         pass  # not root: reads may come from the page cache
 
 
-def run(path: str, big_mib: int, small_kib: int, small_count: int, threads: int) -> list[Result]:
+def measure(path: str, big_mib: int, small_kib: int, small_count: int, threads: int) -> list[Result]:
     if not os.path.isdir(path):
         raise ConfigError(f"{path} is not a directory")
     if big_mib < 1 or small_kib < 1 or small_count < 1 or threads < 1:
@@ -54,7 +71,7 @@ def run(path: str, big_mib: int, small_kib: int, small_count: int, threads: int)
     results = []
     pool = ThreadPoolExecutor(threads)
 
-    def phase(name: str, total: int, count: int, fn, items) -> None:  # noqa: ANN001
+    def phase(name: str, total: int, count: int, fn: Callable[[int], int], items: range) -> None:
         bar = Progress(total or count, name)
         start = time.perf_counter()
         for n in pool.map(fn, items):

@@ -1,0 +1,117 @@
+"""The read path of open files: a chunk's slices resolved once per open (newest wins), the
+blocks that cover a read fetched in parallel, and readahead for sequential readers."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+
+from cachefs.meta import BaseMeta
+from cachefs.meta.types import CHUNK_SIZE
+
+from .block import Buffer
+from .chunkstore import ChunkStore
+from .compact import COMPACT_THRESHOLD, CompactionQueue
+from .errors import FSError, ObjectNotFound
+from .handles import FileState, Handle
+from .slices import Segment, covering, resolve
+
+
+class Reader:
+    """`commit(fs)` commits a file's buffered writes (the writer's): a read sees them."""
+
+    def __init__(self, meta: BaseMeta, chunks: ChunkStore, compactions: CompactionQueue,
+                 commit: Callable[[FileState], None]) -> None:
+        self.meta = meta
+        self.chunks = chunks
+        self.compactions = compactions
+        self.commit = commit
+        self.max_readahead = max(chunks.block_size, chunks.buffer.capacity // 4)
+
+    def segments(self, fs: FileState, indx: int, refresh: bool = False) -> list[Segment]:
+        """The resolved slices of one chunk (caller holds fs.lock); a fragmented chunk is
+        queued for compaction."""
+        segs = None if refresh else fs.segments.get(indx)
+        if segs is None:
+            slices = self.meta.read_chunk(fs.ino, indx)
+            segs = resolve(slices)
+            fs.segments[indx] = segs
+            if len(slices) >= COMPACT_THRESHOLD:
+                self.compactions.add(fs.ino, indx)
+        return segs
+
+    def read(self, h: Handle, fs: FileState, offset: int, size: int) -> Buffer:
+        """Up to size bytes at offset: bytes, or a read-only view of a cached block (no copy)."""
+        if offset < 0:
+            raise FSError(errno.EINVAL)
+        with fs.lock:
+            if fs.buffered:
+                self.commit(fs)
+            length = fs.length
+            if offset >= length or size <= 0:
+                return b""
+            n = min(size, length - offset)
+            pieces = []  # (chunk index, offset in chunk, length, offset in the answer)
+            pos, end = offset, offset + n
+            while pos < end:
+                indx, cpos = divmod(pos, CHUNK_SIZE)
+                m = min(CHUNK_SIZE - cpos, end - pos)
+                pieces.append((indx, cpos, m, pos - offset))
+                self.segments(fs, indx)
+                pos += m
+            self._readahead(h, fs, offset, end)
+        # the fetches run without the file's lock, so the kernel's parallel reads overlap
+        for attempt in (0, 1):
+            try:
+                return self._fetch(fs, pieces, n, refresh=attempt > 0)
+            except ObjectNotFound:
+                # a compaction may have retired the slices we resolved: resolve the chunks again
+                if attempt:
+                    raise FSError(errno.EIO, "block missing from the object store") from None
+        raise AssertionError("unreachable")
+
+    def _fetch(self, fs: FileState, pieces: list[tuple[int, int, int, int]], n: int, refresh: bool) -> Buffer:
+        parts = []
+        for indx, cpos, m, at in pieces:
+            if refresh:
+                with fs.lock:
+                    segs = self.segments(fs, indx, refresh=True)
+            else:
+                segs = fs.segments.get(indx)
+                if segs is None:
+                    with fs.lock:
+                        segs = self.segments(fs, indx)
+            parts.append((cpos, m, at, covering(segs, cpos, m)))
+        if len(parts) == 1 and len(parts[0][3]) == 1:
+            cpos, m, _at, (g,) = parts[0]
+            if g.pos == cpos and g.len == m:  # one slice covers the whole answer
+                return self.chunks.read(g.id, g.size, g.off, g.len)
+        out = bytearray(n)
+        for cpos, _m, at, segs in parts:
+            for g in segs:
+                start = at + g.pos - cpos
+                out[start : start + g.len] = self.chunks.read(g.id, g.size, g.off, g.len)
+        return out
+
+    def _readahead(self, h: Handle, fs: FileState, offset: int, end: int) -> None:
+        """Fetch ahead of a sequential reader, with a window that doubles while the reader stays
+        sequential (up to a quarter of the read buffer); a random reader gets none."""
+        bs = self.chunks.block_size
+        if offset == h.read_end:
+            h.window = min(max(bs, h.window * 2), self.max_readahead)
+        else:
+            h.window = 0
+        h.read_end = end
+        if not h.window or end >= fs.length:
+            return
+        pos, stop = end, min(fs.length, end + h.window)
+        while pos < stop:
+            indx, cpos = divmod(pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - cpos, stop - pos)
+            segs = fs.segments.get(indx)
+            if segs is None:
+                segs = self.segments(fs, indx)
+            for g in covering(segs, cpos, n):
+                for i in range(g.off // bs, (g.off + g.len - 1) // bs + 1):
+                    self.chunks.prefetch(g.id, g.size, i)
+            pos += n
