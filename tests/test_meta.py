@@ -10,7 +10,7 @@ import pytest
 
 from cachefs.errors import ConfigError, FSError
 from cachefs.meta import open_meta
-from cachefs.meta.engine import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
+from cachefs.meta.records import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
 from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, TYPE_DIR, TYPE_FILE, PendingSlice, Settings, Slice
 
 ENGINES = ["sqlite", "redis"]

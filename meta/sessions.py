@@ -1,0 +1,114 @@
+"""Sessions and what outlives an operation, shared by every engine: open-but-deleted inodes
+kept for their handles, heartbeats and the cleanup of dead sessions, write-back's pending
+slices, and the queues of background deletion (a part of BaseMeta)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .records import Tx, deref, distinct
+from .types import CHUNK_SIZE, PendingSlice, SessionInfo
+
+
+class Sessions:
+    # ---- open files and sessions --------------------------------------------------------
+    def close(self, ino: int) -> None:
+        """The last handle of ino on this client closed: reclaim it if it lost all its names."""
+        if ino not in self._sustaining:
+            return  # only an inode this client kept alive can be waiting for this close
+        self._sustaining.discard(ino)
+
+        def fn(tx: Tx) -> None:
+            attr = tx.get_attr(ino)
+            if attr is None or attr.nlink > 0:
+                return
+            tx.del_sustained(self.sid, ino)
+            self._delete_inode(tx, ino, attr)
+
+        self._txn(fn)
+
+    def new_session(self, info: dict) -> int:
+        self.sid = self._incr("nextSession", 1)
+        info = dict(info, pid=os.getpid(), started=time.time())
+        self._session_put(self.sid, time.time(), info)
+        self._session_info = info
+        return self.sid
+
+    def heartbeat(self) -> None:
+        if self.sid:
+            self._session_put(self.sid, time.time(), self._session_info)
+
+    def sessions(self) -> list[SessionInfo]:
+        return self._session_list()
+
+    def clean_session(self, sid: int) -> int:
+        """Release what a dead (or closing) session held; returns files reclaimed."""
+        reclaimed = 0
+        for ino in self._sustained(sid):
+
+            def fn(tx: Tx, ino: int = ino) -> bool:
+                attr = tx.get_attr(ino)
+                tx.del_sustained(sid, ino)
+                if attr is None or attr.nlink > 0:
+                    return False
+                self._delete_inode(tx, ino, attr)
+                return True
+
+            reclaimed += bool(self._txn(fn))
+        self._session_del(sid)
+        return reclaimed
+
+    def clean_stale_sessions(self, timeout: float) -> list[int]:
+        """Sessions that stopped heartbeating for `timeout` seconds are cleaned by any client."""
+        cutoff = time.time() - timeout
+        cleaned = []
+        for s in self._session_list():
+            if s.sid != self.sid and s.heartbeat < cutoff:
+                self.clean_session(s.sid)
+                cleaned.append(s.sid)
+        return cleaned
+
+    def close_session(self) -> None:
+        if self.sid:
+            self.clean_session(self.sid)
+            self.sid = 0
+
+    # ---- write-back: slices committed before their blocks were uploaded -----------------------
+    def pending_slices(self) -> list[PendingSlice]:
+        """Every slice of the volume whose upload has not been confirmed, by any session
+        (a dead session's stay listed until its node re-uploads them, or fsck reports them)."""
+        return self._pending_list()
+
+    def pending_done(self, ids: list[int]) -> None:
+        """The blocks of these slices are all in the object store."""
+        if ids:
+            self._pending_done(ids)
+
+    # ---- background deletion -------------------------------------------------------------
+    def deleted_files(self, limit: int = 100) -> list[tuple[int, int]]:
+        """(inode, length) of deleted files whose slices are still to be moved to the trash."""
+        return self._delfiles(limit)
+
+    def delete_file_data(self, ino: int, length: int) -> None:
+        """Move every slice of a deleted file to the trash, chunk by chunk."""
+        for indx in range((length + CHUNK_SIZE - 1) // CHUNK_SIZE):
+
+            def fn(tx: Tx, indx: int = indx) -> None:
+                slices = tx.get_slices(ino, indx)
+                if slices:
+                    tx.set_slices(ino, indx, [])
+                    deref(tx, distinct(slices))
+
+            self._txn(fn)
+        self._delfile_done(ino, length)
+
+    def trash_batch(self, limit: int = 1000, min_age: float = 0.0) -> list[tuple[int, int]]:
+        """(slice id, size) of slices nobody references, queued at least min_age seconds ago:
+        their objects are to be deleted."""
+        return self._trash(limit, time.time() - min_age)
+
+    def trash_done(self, slices: list[tuple[int, int]]) -> None:
+        self._trash_done(slices)
+
+
