@@ -19,7 +19,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-APT_PKGS="fuse3 libfuse3-dev redis-server fio pkg-config gcc python3-dev python3-pip"
+APT_PKGS="fuse3 libfuse3-dev redis-server redis-sentinel fio pkg-config gcc python3-dev python3-pip"
 missing=""
 for p in $APT_PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -31,7 +31,7 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq $missing >/dev/null
 fi
 # redis-server is used by the tests on their own ports; the packaged service is not needed
-systemctl disable --now redis-server >/dev/null 2>&1 || true
+systemctl disable --now redis-server redis-sentinel >/dev/null 2>&1 || true
 
 PY="${PYTHON:-python3}"
 PIP_FLAGS="-q --disable-pip-version-check --root-user-action=ignore"

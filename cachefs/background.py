@@ -1,5 +1,9 @@
 """The jobs a mounted client runs beside serving requests: heartbeat, cleaning up after dead
-sessions, deleting the objects of removed data, and compaction."""
+sessions, deleting the objects of removed data, and compaction.
+
+The heartbeat has a thread of its own: however long a deletion or compaction runs, and however
+long the engine is away, the session's heartbeat keeps its schedule (a session whose heartbeat
+stalls is taken for dead by the others, and what its open handles hold is reclaimed)."""
 
 from __future__ import annotations
 
@@ -25,26 +29,39 @@ class Background:
         self.session_timeout = session_timeout
         self.trash_delay = trash_delay
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="background", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._beat, name="heartbeat", daemon=True),
+                         threading.Thread(target=self._run, name="background", daemon=True)]
+        for t in self._threads:
+            t.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop both threads, waiting at most timeout for a job (or a heartbeat riding through
+        an outage) to finish; one that does not is left to end with the process."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.meta.heartbeat()
+            except Exception as e:  # the engine is away: the next beat tries again
+                log.warning("heartbeat failed: %s", e)
+            self._stop.wait(max(0.0, self.heartbeat - (time.monotonic() - started)))
 
     def _run(self) -> None:
-        next_beat = 0.0
+        next_clean = 0.0
         while not self._stop.is_set():
-            now = time.time()
+            now = time.monotonic()
             try:
-                if now >= next_beat:
-                    self.meta.heartbeat()
+                if now >= next_clean:
                     self.meta.clean_stale_sessions(self.session_timeout)
-                    next_beat = now + self.heartbeat
+                    next_clean = now + self.heartbeat
                 self.run_once()
             except Exception as e:  # keep serving; the next round retries
                 log.warning("background job failed: %s", e)

@@ -23,6 +23,7 @@ from .staging import Staging
 log = logging.getLogger("cachefs.chunks")
 
 SMALL_PIECE = 64 << 10  # written pieces below this are copied together, larger ones referenced
+REFETCHES = 3  # a block that arrives damaged is fetched this many times more before EIO
 
 
 class BlockBuffer:
@@ -196,16 +197,25 @@ class ChunkStore:
                 data = None
             if data is not None:
                 return data, False
-        try:
-            raw = self.objects.get(key)
-        except ObjectNotFound:
-            raw = self._wait_pending(slice_id, key)
-        try:
-            data = decode_block(raw, length, key)
-        except ChecksumError:
-            self.metrics.checksum_errors.labels("object").inc()
-            raise
-        return data, True
+        return self._fetch(slice_id, key, length), True
+
+    def _fetch(self, slice_id: int, key: str, length: int) -> Buffer:
+        """A block from the object store, verified. A body that fails its checksum was most
+        likely damaged on the way (a flipped bit, a cut connection): it is fetched again a few
+        times before the read fails with EIO."""
+        for attempt in range(1, REFETCHES + 2):
+            try:
+                raw = self.objects.get(key)
+            except ObjectNotFound:
+                raw = self._wait_pending(slice_id, key)
+            try:
+                return decode_block(raw, length, key)
+            except ChecksumError as e:
+                self.metrics.checksum_errors.labels("object").inc()
+                if attempt > REFETCHES:
+                    raise
+                log.warning("%s: fetching it again", e)
+        raise AssertionError("unreachable")
 
     def is_pending(self, slice_id: int) -> bool:
         return slice_id in self.pending_slice_ids()

@@ -22,6 +22,7 @@ from .options import Options
 log = logging.getLogger("cachefs")
 
 RUN_DIR = "/run/cachefs"
+EXIT_RETRY = 5.0  # seconds an exiting mount rides through an engine outage to close its session
 
 
 @dataclass
@@ -267,6 +268,9 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
         except Exception as e:
             log.error("flush at unmount failed: %s", e)
         vol.background.stop()  # (never started: nothing to stop)
+        # the file system is gone already: closing the session is a courtesy to the other
+        # clients (they clean it up after the session timeout otherwise), not worth a long wait
+        vol.meta.retry.timeout = min(vol.meta.retry.timeout, EXIT_RETRY)
         try:
             vol.meta.close_session()
         except Exception as e:

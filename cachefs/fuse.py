@@ -13,10 +13,11 @@ from typing import Any
 import pyfuse3
 import trio
 
-from cachefs.meta.types import Attr
+from cachefs.meta.types import TYPE_DIR, Attr
 
 from .errors import errno_of
 from .internal import is_internal
+from .kernelcache import DirectoryPlaces
 from .metrics import Metrics
 from .threadhop import ThreadHop
 from .vfs import VFS, Ctx
@@ -43,6 +44,7 @@ class Operations(pyfuse3.Operations):
         self.write_bytes = metrics.fuse_bytes.labels("write")
         self._internal_fhs: set[int] = set()
         self._on_init = on_init
+        self.dirs = DirectoryPlaces()
 
     async def _run(self, op: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._on_init is not None:
@@ -86,6 +88,12 @@ class Operations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode, name, ctx):
         ino, attr = await self._run("lookup", self.vfs.lookup, parent_inode, name)
+        if attr.type == TYPE_DIR:
+            stale = self.dirs.seen(ino, parent_inode, name)
+            if stale is not None:  # moved by another node: the kernel's old entry goes first
+                await self.hop.run(functools.partial(self.dirs.drop, ino, *stale))
+            if self.dirs.dropping(ino):  # (kernelcache.py)
+                raise pyfuse3.FUSEError(errno.ENOENT)
         return self._entry(ino, attr)
 
     async def getattr(self, inode, ctx):
@@ -117,6 +125,7 @@ class Operations(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         ino, attr = await self._run("mkdir", self.vfs.mkdir, parent_inode, name, mode, self._ctx(ctx))
+        self.dirs.seen(ino, parent_inode, name)
         return self._entry(ino, attr)
 
     async def unlink(self, parent_inode, name, ctx):
@@ -132,6 +141,7 @@ class Operations(pyfuse3.Operations):
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         await self._run("rename", self.vfs.rename, parent_inode_old, name_old, parent_inode_new, name_new,
                         flags)
+        self.dirs.moved(parent_inode_old, name_old, parent_inode_new, name_new)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         attr = await self._run("link", self.vfs.link, inode, new_parent_inode, new_name)
@@ -176,7 +186,12 @@ class Operations(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         entries = await self._run("readdir", self.vfs.readdir, fh, start_id)
+        parent = self.vfs.handle_ino(fh)
         for i, (name, ino, attr) in enumerate(entries):
+            if attr.type == TYPE_DIR and name not in (b".", b".."):
+                stale = self.dirs.seen(ino, parent, name)  # the kernel may take the entry (readdirplus)
+                if stale is not None:
+                    pyfuse3.invalidate_entry_async(*stale, ignore_enoent=True)
             if not pyfuse3.readdir_reply(token, name, self._entry(ino, attr), start_id + i + 1):
                 break
 

@@ -40,6 +40,8 @@ class Metrics:
         self.object_requests = Counter("cachefs_object_requests", "Object store requests", ["op"], registry=r)
         self.object_errors = Counter("cachefs_object_errors", "Failed object store requests", ["op"],
                                      registry=r)
+        self.object_retries = Counter("cachefs_object_retries", "Object store requests tried again after a "
+                                      "transient failure", ["op"], registry=r)
         self.object_bytes = Counter("cachefs_object_bytes", "Object store bytes transferred", ["op"],
                                     registry=r)
         self.object_latency = Histogram("cachefs_object_request_seconds", "Object store request latency",
@@ -60,6 +62,10 @@ class Metrics:
                                        "(each is retried)", ["kind"], registry=r)
         self.checksum_errors = Counter("cachefs_checksum_errors", "Blocks that failed their checksum",
                                        ["source"], registry=r)
+        self.meta_retries = Counter("cachefs_meta_retries", "Metadata requests tried again during an outage "
+                                    "of the engine", registry=r)
+        self.meta_outage_seconds = Counter("cachefs_meta_outage_seconds", "Seconds the metadata engine did not "
+                                           "answer (outages ridden through)", registry=r)
         self.prefetches = Counter("cachefs_prefetch_blocks", "Blocks fetched ahead of sequential readers",
                                   registry=r)
 

@@ -78,6 +78,12 @@ class Options:
                                   unit="s", minimum=0)
     pending_timeout: float = option(60.0, "how long a read waits for blocks another node has not uploaded "
                                     "yet", unit="s")
+    meta_retry_timeout: float = option(60.0, "a metadata operation rides through an outage of the engine "
+                                       "(restart, failover) this long before it fails with EIO", unit="s",
+                                       minimum=0)
+    io_retry_timeout: float = option(300.0, "an object-store request rides through an outage (errors, "
+                                     "throttling, stalls) this long before it fails with EIO", unit="s",
+                                     minimum=0)
     metrics: str = option("", "serve Prometheus metrics on this address", metavar="HOST:PORT")
     log: str = option("", "log file (background default /var/log/cachefs.log)", metavar="FILE")
 

@@ -143,6 +143,9 @@ class VFS:
             h.entries = entries
         return h.entries[offset:]
 
+    def handle_ino(self, fh: int) -> int:
+        return self._handle(fh).ino
+
     def releasedir(self, fh: int) -> None:
         self.files.handles.pop(fh, None)
 

@@ -38,11 +38,12 @@ class Volume:
         o = self.options = options or Options()
         self.metrics = Metrics()
         self.files = OpenFiles()
-        self.meta: BaseMeta = open_meta(meta_url, is_open=self.files.is_open)
+        self.meta: BaseMeta = open_meta(meta_url, is_open=self.files.is_open, metrics=self.metrics,
+                                        retry_timeout=o.meta_retry_timeout)
         self.flushed_for_exit = False  # `cachefs umount` flushed: the exiting process need not
         try:
             self.settings: Settings = self.meta.load()
-            self.objects: ObjectStore = open_store(self.settings, self.metrics)
+            self.objects: ObjectStore = open_store(self.settings, self.metrics, o.io_retry_timeout)
             self.objects.check()
             self._build(o)
         except BaseException:

@@ -5,24 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cachefs.errors import ConfigError
+from cachefs.metrics import Metrics
 
 from .engine import BaseMeta
 
 
-def open_meta(url: str, is_open: Callable[[int], bool] | None = None) -> BaseMeta:
-    """The engine for META_URL: redis://[[user]:password@]host:port/db or sqlite3://PATH.
-    is_open: whether this client has an inode open (a mount's open files)."""
+def open_meta(url: str, is_open: Callable[[int], bool] | None = None, metrics: Metrics | None = None,
+              retry_timeout: float = 60.0) -> BaseMeta:
+    """The engine for META_URL: redis://[[user]:password@]host:port/db (and the Sentinel,
+    Cluster and TLS forms of meta/redis_url.py) or sqlite3://PATH. is_open: whether this client
+    has an inode open (a mount's open files); retry_timeout: how long an operation rides through
+    an outage of the engine before it fails (meta/retry.py)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigError(f"bad metadata URL {redact_url(url)!r}: expected redis://... or sqlite3://...")
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
         from .redis_engine import RedisMeta
 
-        return RedisMeta(url, is_open)
+        return RedisMeta(url, is_open, metrics, retry_timeout)
     if scheme in ("sqlite3", "sqlite"):
         from .sqlite_engine import SqliteMeta
 
-        return SqliteMeta(rest.split("?", 1)[0], is_open)
+        return SqliteMeta(rest.split("?", 1)[0], is_open, metrics, retry_timeout)
     raise ConfigError(f"unknown metadata URL scheme {scheme!r} (use redis:// or sqlite3://)")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TypeVar
@@ -21,6 +22,7 @@ from cachefs.errors import ConfigError, FSError
 from .filedata import FileData
 from .namespace import Namespace
 from .records import MAX_NAME, MAX_XATTR_NAME, MAX_XATTR_VALUE, XATTR_CREATE, XATTR_REPLACE, Tx
+from .retry import Retry
 from .sessions import Sessions
 from .types import ROOT_INODE, TYPE_DIR, Attr, PendingSlice, SessionInfo, Settings, now_ns
 
@@ -34,6 +36,7 @@ class BaseMeta(Namespace, FileData, Sessions, ABC):
     """The metadata interface every layer above uses; engines subclass it."""
 
     name = "base"
+    retry: Retry  # how this engine's operations ride through its outages (each engine makes one)
 
     def __init__(self, is_open: Callable[[int], bool] | None = None) -> None:
         self.sid = 0
@@ -78,7 +81,14 @@ class BaseMeta(Namespace, FileData, Sessions, ABC):
     def _get_attrs(self, inos: list[int]) -> list[Attr | None]: ...
 
     @abstractmethod
-    def _session_put(self, sid: int, heartbeat: float, info: dict) -> None: ...
+    def _session_put(self, sid: int, heartbeat: float, info: dict) -> bool:
+        """Record the session's heartbeat and info; True when it was not registered (new, or
+        taken for dead and cleaned up by another client)."""
+
+    def now(self) -> float:
+        """The engine's clock, by which every client judges heartbeats (seconds since the
+        epoch); an engine on one machine answers this machine's."""
+        return time.time()
 
     @abstractmethod
     def _session_list(self) -> list[SessionInfo]: ...

@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import os
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import redis
 
 from cachefs.errors import ConfigError, FSError, MetaError
+from cachefs.metrics import Metrics
 
 from .engine import BaseMeta
 from .redis_schema import ENTRY, VOLUME_POINTER, Keys
+from .redis_url import cluster_of, connect
+from .redis_url import parse as parse_url
+from .retry import Outage, Retry
 from .types import Attr, PendingSlice, SessionInfo, Settings, Slice
 
 T = TypeVar("T")
-_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+log = logging.getLogger("cachefs.meta")
 
 
 class RedisTx:
@@ -201,29 +207,56 @@ def _pair(member: bytes) -> tuple[int, int]:
     return int(a), int(b)
 
 
+MARKER_TTL = 600  # seconds a commit's marker lives: longer than any retry of that commit
+REPLICA_WAIT_MS = 1000  # how long a commit behind Sentinel waits for a replica's acknowledgement
+REPLICA_RECHECK = 10.0  # seconds between looks at how many replicas the master has
+# answers that mean "not now" (a restart loading its data, a replica not yet promoted, slots on
+# the move) rather than "no"
+_OUTAGE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+_OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
+                  redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+                  redis.exceptions.MasterDownError, redis.exceptions.SlotNotCoveredError)
+_UNSET = object()
+
+
+def _is_outage(e: redis.RedisError) -> bool:
+    if isinstance(e, redis.AuthenticationError):
+        return False
+    if isinstance(e, _OUTAGE_ERRORS):
+        return True
+    return isinstance(e, redis.ResponseError) and str(e).split(" ", 1)[0] in _OUTAGE_REPLIES
+
+
 class RedisMeta(BaseMeta):
     name = "redis"
 
-    def __init__(self, url: str, is_open: Callable[[int], bool] | None = None) -> None:
+    def __init__(self, url: str, is_open: Callable[[int], bool] | None = None, metrics: Metrics | None = None,
+                 retry_timeout: float = 60.0) -> None:
         super().__init__(is_open)
-        parts = urlsplit(url)
-        self.where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-        try:
-            self.r = redis.Redis.from_url(
-                url, socket_connect_timeout=3, socket_timeout=5, health_check_interval=30,
-            )
-        except ValueError as e:
-            raise ConfigError(f"bad Redis URL: {e}") from None
+        u = parse_url(url)
+        self.where = u.where
+        # a password may come from the environment instead of the URL (then `ps` cannot show it)
+        password = os.environ.get("META_PASSWORD") or None
+        self.r = connect(u, password)
         try:
             self.r.ping()
+            if u.kind == "single":
+                self.r = cluster_of(u, self.r, password)
             self._check_eviction()
             name = self.r.get(VOLUME_POINTER)
         except redis.AuthenticationError:
-            raise ConfigError(f"Redis at {self.where} refused the password") from None
-        except _ERRORS as e:
-            raise MetaError(f"cannot reach Redis at {self.where}: {e}") from None
-        except redis.ResponseError as e:
-            raise MetaError(f"Redis at {self.where}: {e}") from None
+            raise ConfigError(f"{self.where} refused the password") from None
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise MetaError(f"cannot reach {self.where}: {e}") from None
+        except redis.RedisError as e:
+            raise MetaError(f"{self.where}: {e}") from None
+        self.cluster = not isinstance(self.r, redis.Redis)
+        self.retry = Retry(self.where, retry_timeout, metrics)
+        # behind Sentinel a commit is acknowledged only once a replica has it too (Redis
+        # replicates asynchronously: a master killed right after answering would lose it in the
+        # failover); how many replicas to wait for is looked up again now and then
+        self._replicated = u.kind == "sentinel"
+        self._replicas, self._replicas_checked = 0, 0.0
         self.k = Keys(name.decode() if name else "unformatted")
         self._lookup = self.r.register_script(LOOKUP_SCRIPT)
 
@@ -237,42 +270,89 @@ class RedisMeta(BaseMeta):
 
     def _check_eviction(self) -> None:
         try:
-            policy = self.r.config_get("maxmemory-policy").get("maxmemory-policy")
+            answers = self.r.config_get("maxmemory-policy")
         except redis.ResponseError:
             return  # CONFIG disabled (managed Redis): cannot check
+        policy = answers.get("maxmemory-policy")
         if policy and policy != "noeviction":
             raise ConfigError(
-                f"Redis at {self.where} has maxmemory-policy {policy}: it may evict metadata; "
-                "set it to noeviction"
+                f"{self.where} has maxmemory-policy {policy}: it may evict metadata; set it to noeviction"
             )
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _attempt(self, fn: Callable[[], T]) -> T:
+        """One try of fn: an outage becomes Outage (meta/retry.py tries again), any other
+        Redis failure a MetaError."""
         try:
             return fn()
-        except _ERRORS as e:
-            raise MetaError(f"Redis at {self.where}: {e}") from None
+        except redis.WatchError:
+            raise
+        except redis.RedisError as e:
+            if _is_outage(e):
+                raise Outage(str(e)) from e
+            raise MetaError(f"{self.where}: {e}") from None
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        return self.retry.call(lambda: self._attempt(fn))
 
     def _txn(self, fn: Callable[[RedisTx], T]) -> T:
-        for attempt in range(200):
-            try:
-                with self.r.pipeline(transaction=True) as pipe:
-                    tx = RedisTx(pipe, self.k, watch=True)
-                    result = fn(tx)
-                    if not tx.ops:
-                        return result
-                    pipe.multi()
-                    for op in tx.ops:
-                        op(pipe)
-                    pipe.execute()
+        """fn as one WATCH/MULTI/EXEC transaction, retried whole on a conflict and through an
+        outage. A commit whose answer was lost (the connection dropped during EXEC) may have
+        been applied: each commit also sets a marker key of its own, so the retry asks the
+        marker first and, when it is there, returns what the first attempt computed instead of
+        applying the operation twice (a create must not report EEXIST for its own file)."""
+        marker = self.k.marker(uuid.uuid4().hex)
+        sent: list = [_UNSET]  # the result of a commit whose EXEC went out unanswered
+
+        def attempt() -> T:
+            if sent[0] is not _UNSET:
+                if self.r.exists(marker):
+                    return sent[0]
+                sent[0] = _UNSET
+            conflicts, started = 0, time.monotonic()
+            while True:
+                try:
+                    with self.r.pipeline(transaction=True) as pipe:
+                        tx = RedisTx(pipe, self.k, watch=True)
+                        result = fn(tx)
+                        if not tx.ops:
+                            return result
+                        pipe.multi()
+                        for op in tx.ops:
+                            op(pipe)
+                        pipe.set(marker, 1, ex=MARKER_TTL)
+                        sent[0] = result
+                        pipe.execute()
+                    if self._replicated:
+                        self._wait_replicas()
                     return result
-            except redis.WatchError:
-                time.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))
-            except _ERRORS as e:
-                raise MetaError(f"Redis at {self.where}: {e}") from None
-        raise MetaError("too many conflicting concurrent updates; gave up")
+                except redis.WatchError:
+                    # a concurrent change: run it again (never an error for the caller)
+                    sent[0] = _UNSET
+                    conflicts += 1
+                    if time.monotonic() - started > self.retry.timeout:
+                        raise MetaError(f"{self.where}: {conflicts} conflicting concurrent updates in "
+                                        f"{self.retry.timeout:g} s; gave up") from None
+                    time.sleep(random.uniform(0, min(0.1, 0.001 * conflicts)))
+
+        return self._call(attempt)
+
+    def _wait_replicas(self) -> None:
+        """Wait (a bounded time) until a replica has every write so far (Sentinel setups)."""
+        now = time.monotonic()
+        if now - self._replicas_checked > REPLICA_RECHECK:
+            self._replicas = min(1, int(self.r.info("replication").get("connected_slaves", 0)))
+            self._replicas_checked = now
+        if self._replicas and self.r.wait(self._replicas, REPLICA_WAIT_MS) < self._replicas:
+            self._replicas_checked = 0.0  # look again next time: the replica may be gone
+            log.warning("%s: no replica acknowledged a commit within %d ms", self.where, REPLICA_WAIT_MS)
 
     def _read(self, fn: Callable[[RedisTx], T]) -> T:
         return self._call(lambda: fn(RedisTx(self.r, self.k, watch=False)))
+
+    def now(self) -> float:
+        """The engine's clock (every client judges heartbeats by it)."""
+        sec, usec = self._call(self.r.time)
+        return sec + usec / 1e6
 
     def _incr(self, counter: str, n: int) -> int:
         return self._call(lambda: self.r.incrby(self.k.counter(counter), n))
@@ -293,11 +373,11 @@ class RedisMeta(BaseMeta):
 
     def _store_settings(self, settings: Settings) -> None:
         def fn() -> None:
+            # two writes (the pointer is untagged: on a Cluster it lives in another slot), the
+            # settings first, so the pointer never names a volume without them
             self.k = Keys(settings.name)
-            with self.r.pipeline(transaction=True) as p:
-                p.set(VOLUME_POINTER, settings.name)
-                p.set(self.k.setting(), settings.to_json())
-                p.execute()
+            self.r.set(self.k.setting(), settings.to_json())
+            self.r.set(VOLUME_POINTER, settings.name)
 
         self._call(fn)
 
@@ -327,14 +407,14 @@ class RedisMeta(BaseMeta):
     def _list_xattrs(self, ino: int) -> list[bytes]:
         return self._call(lambda: self.r.hkeys(self.k.xattr(ino)))
 
-    def _session_put(self, sid: int, heartbeat: float, info: dict) -> None:
-        def fn() -> None:
+    def _session_put(self, sid: int, heartbeat: float, info: dict) -> bool:
+        def fn() -> bool:
             with self.r.pipeline(transaction=True) as p:
                 p.zadd(self.k.sessions(), {str(sid): heartbeat})
                 p.hset(self.k.session_infos(), str(sid), json.dumps(info))
-                p.execute()
+                return bool(p.execute()[0])
 
-        self._call(fn)
+        return self._call(fn)
 
     def _session_list(self) -> list[SessionInfo]:
         def fn() -> list[SessionInfo]:

@@ -21,6 +21,7 @@ Cluster slot and every multi-key transaction stays legal there.
 | {v}trash               | zset   | "id:size" -> time queued                          |
 | {v}sliceRef            | hash   | slice id -> extra references (shared slices)      |
 | {v}pending             | hash   | slice id -> "sid:ino:size", not yet uploaded      |
+| {v}m<id>               | string | a commit's marker (expires): was it applied?      |
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class Keys:
 
     def pending(self) -> str:
         return self.tag + "pending"
+
+    def marker(self, txid: str) -> str:
+        return f"{self.tag}m{txid}"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of the volume (names hold no glob characters)."""

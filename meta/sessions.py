@@ -4,11 +4,14 @@ slices, and the queues of background deletion (a part of BaseMeta)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from .records import Tx, deref, distinct
 from .types import CHUNK_SIZE, PendingSlice, SessionInfo
+
+log = logging.getLogger("cachefs.meta")
 
 
 class Sessions:
@@ -31,13 +34,35 @@ class Sessions:
     def new_session(self, info: dict) -> int:
         self.sid = self._incr("nextSession", 1)
         info = dict(info, pid=os.getpid(), started=time.time())
-        self._session_put(self.sid, time.time(), info)
+        self._session_put(self.sid, self.now(), info)
         self._session_info = info
         return self.sid
 
     def heartbeat(self) -> None:
-        if self.sid:
-            self._session_put(self.sid, time.time(), self._session_info)
+        """Tell the other clients this session is alive. A session that finds itself gone (taken
+        for dead while this process was stopped or cut off) registers again, with the inodes
+        its open handles keep alive."""
+        if not self.sid:
+            return
+        if not self._session_put(self.sid, self.now(), self._session_info):
+            return
+        log.error("session %d had been cleaned up by another client (this process was silent for "
+                  "longer than the session timeout): registered it again", self.sid)
+        kept = [ino for ino in list(self._sustaining) if self._keep_sustained(ino)]
+        if len(kept) < len(self._sustaining):
+            log.error("%d open but deleted file(s) of this session were reclaimed meanwhile; their "
+                      "open handles read ENOENT", len(self._sustaining) - len(kept))
+
+    def _keep_sustained(self, ino: int) -> bool:
+        """Record again that this session keeps the unlinked inode alive (False: it is gone)."""
+
+        def fn(tx: Tx) -> bool:
+            if tx.get_attr(ino) is None:
+                return False
+            tx.add_sustained(self.sid, ino)
+            return True
+
+        return self._txn(fn)
 
     def sessions(self) -> list[SessionInfo]:
         return self._session_list()
@@ -60,8 +85,12 @@ class Sessions:
         return reclaimed
 
     def clean_stale_sessions(self, timeout: float) -> list[int]:
-        """Sessions that stopped heartbeating for `timeout` seconds are cleaned by any client."""
-        cutoff = time.time() - timeout
+        """Sessions that stopped heartbeating for `timeout` seconds, by the engine's clock, are
+        cleaned by any client; not by one that itself could not reach the engine within the
+        last `timeout` seconds (the others' heartbeats could not reach it either)."""
+        if not self.retry.settled(timeout):
+            return []
+        cutoff = self.now() - timeout
         cleaned = []
         for s in self._session_list():
             if s.sid != self.sid and s.heartbeat < cutoff:

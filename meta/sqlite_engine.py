@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from cachefs.errors import ConfigError, MetaError
+from cachefs.metrics import Metrics
 
 from .engine import BaseMeta
+from .retry import Retry
 from .types import Attr, PendingSlice, SessionInfo, Settings, Slice
 
 T = TypeVar("T")
@@ -148,8 +150,12 @@ def _add_counter(db: sqlite3.Connection, name: str, n: int) -> int:
 class SqliteMeta(BaseMeta):
     name = "sqlite3"
 
-    def __init__(self, path: str, is_open: Callable[[int], bool] | None = None) -> None:
+    def __init__(self, path: str, is_open: Callable[[int], bool] | None = None, metrics: Metrics | None = None,
+                 retry_timeout: float = 60.0) -> None:
         super().__init__(is_open)
+        # a local file has no outages to ride through (a busy writer is waited for by SQLite's
+        # own busy timeout); the retry policy is kept for its bookkeeping
+        self.retry = Retry(f"SQLite {path}", retry_timeout, metrics)
         if not path:
             raise ConfigError("sqlite3:// URL needs a file path, e.g. sqlite3:///var/lib/cachefs/vol.db")
         self.path = os.path.abspath(path)
@@ -245,9 +251,13 @@ class SqliteMeta(BaseMeta):
         rows = self._db().execute("SELECT name FROM xattr WHERE ino=?", (ino,)).fetchall()
         return [bytes(r[0]) for r in rows]
 
-    def _session_put(self, sid: int, heartbeat: float, info: dict) -> None:
-        self._txn(lambda tx: tx.db.execute("INSERT OR REPLACE INTO session VALUES(?,?,?)",
-                                           (sid, heartbeat, json.dumps(info))))
+    def _session_put(self, sid: int, heartbeat: float, info: dict) -> bool:
+        def fn(tx: SqliteTx) -> bool:
+            new = tx.db.execute("SELECT 1 FROM session WHERE sid=?", (sid,)).fetchone() is None
+            tx.db.execute("INSERT OR REPLACE INTO session VALUES(?,?,?)", (sid, heartbeat, json.dumps(info)))
+            return new
+
+        return self._txn(fn)
 
     def _session_list(self) -> list[SessionInfo]:
         rows = self._db().execute("SELECT sid, heartbeat, info FROM session ORDER BY sid").fetchall()

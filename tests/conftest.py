@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from .servers import RedisServer, S3Server
+from .servers import RedisCluster, RedisServer, S3Server
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -39,6 +39,13 @@ def redis_server():
 
 
 @pytest.fixture(scope="session")
+def redis_cluster():
+    cluster = RedisCluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     server = S3Server()
     yield server
@@ -55,6 +62,10 @@ class VolumeFactory:
     def meta_url(self, engine: str) -> str:
         if engine == "sqlite":
             return f"sqlite3://{self.tmp}/meta-{next(_counter)}.db"
+        if engine == "cluster":  # one volume at a time: a Cluster has database 0 only
+            cluster = self.request.getfixturevalue("redis_cluster")
+            cluster.flush()
+            return cluster.url()
         server = self.request.getfixturevalue("redis_server")
         url = server.url()
         import redis

@@ -1,4 +1,4 @@
-"""The shared engine suite: every test runs against SQLite and Redis."""
+"""The shared engine suite: every test runs against SQLite, Redis and a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cachefs.meta import open_meta
 from cachefs.meta.records import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
 from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, TYPE_DIR, TYPE_FILE, PendingSlice, Settings, Slice
 
-ENGINES = ["sqlite", "redis"]
+ENGINES = ["sqlite", "redis", "cluster"]
 
 
 @pytest.fixture(params=ENGINES)
@@ -336,3 +336,58 @@ def test_clone_shares_slices_with_reference_counts(meta):
     for ino, length in meta.deleted_files():
         meta.delete_file_data(ino, length)
     assert sorted(meta.trash_batch()) == [(500, 10), (501, 10)]
+
+
+def test_commit_whose_answer_was_lost_is_not_applied_twice(volumes, monkeypatch):
+    """The connection drops after EXEC reached Redis: the retry finds the commit's marker and
+    answers what the commit did (a create reports its file, not EEXIST)."""
+    import redis
+
+    m = open_meta(volumes.meta_url("redis"))
+    m.format(Settings(name="t", uuid=str(uuid.uuid4()), storage="mem", bucket="x"))
+    real = redis.client.Pipeline.execute
+    dropped = []
+
+    def execute(self, *a, **kw):
+        transaction = self.explicit_transaction
+        out = real(self, *a, **kw)
+        if not dropped and transaction:
+            dropped.append(1)
+            raise redis.ConnectionError("connection lost after EXEC")
+        return out
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    ino = mkfile(m, ROOT_INODE, b"f")
+    assert dropped and m.lookup(ROOT_INODE, b"f")[0] == ino
+    assert names(m, ROOT_INODE) == [b"f"]
+    m.close_engine()
+
+
+def test_outage_waits_then_fails_with_eio_after_the_retry_timeout(tmp_path):
+    from cachefs.errors import MetaError
+    from cachefs.meta.retry import Outage, Retry
+    from cachefs.metrics import Metrics
+
+    metrics = Metrics()
+    r = Retry("engine", timeout=0.3, metrics=metrics)
+    calls = []
+
+    def down():
+        calls.append(1)
+        raise Outage("down")
+
+    with pytest.raises(MetaError, match="unreachable for 0.3 s"):
+        r.call(down)
+    assert len(calls) > 2 and metrics.value("cachefs_meta_retries_total") == len(calls) - 1
+    state = iter([Outage("x"), Outage("x"), None])
+
+    def flaky():
+        e = next(state)
+        if e:
+            raise e
+        return "ok"
+
+    r.timeout = 10
+    assert r.call(flaky) == "ok"
+    assert metrics.value("cachefs_meta_outage_seconds_total") > 0
+    assert not r.settled(60) and r.settled(0)

@@ -110,3 +110,20 @@ def test_mount_helper_options():
     assert translate("ro,attr-cache=2,_netdev,defaults") == ["--read-only", "--attr-cache", "2"]
     with pytest.raises(ValueError, match="unknown mount option"):
         translate("bogus=1")
+
+
+def test_redis_urls():
+    from cachefs.meta.redis_url import parse
+
+    u = parse("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2/mymaster/3")
+    assert (u.kind, u.master, u.nodes, u.db, u.password) == ("sentinel", "mymaster",
+                                                             [("10.0.0.1", 26379), ("10.0.0.2", 26379)], 3, "pw")
+    u = parse("redis://:pw@mymaster,10.0.0.1:26379,10.0.0.2:26380/2")  # JuiceFS's form
+    assert (u.kind, u.master, u.nodes, u.db) == ("sentinel", "mymaster", [("10.0.0.1", 26379), ("10.0.0.2", 26380)], 2)
+    assert parse("rediss://h:6380/1").tls
+    assert parse("redis://h1:7000,h2:7001/0").kind == "cluster"
+    for bad, why in [("redis://127.0.0.1:notaport/1", "not a number"), ("redis://h:6379/x", "database"),
+                     ("redis+sentinel://h:1/", "MASTER_NAME"), ("redis://:pw@/1", "no host")]:
+        with pytest.raises(ConfigError, match=why) as e:
+            parse(bad)
+        assert "pw" not in str(e.value)

@@ -18,24 +18,39 @@ class Transient(Exception):
     """Raised by a backend for failures worth retrying (5xx, throttling, timeouts, resets)."""
 
 
+RETRY_TIMEOUT = 300.0  # seconds a request rides through an outage (--io-retry-timeout)
+
+
 class ObjectStore(ABC):
-    """Whole-object put/get/delete: blocks are immutable, so nothing else is needed."""
+    """Whole-object put/get/delete: blocks are immutable, so nothing else is needed.
+
+    A transient failure (5xx, throttling, a reset, a stall caught by the per-request timeout)
+    is tried again with capped exponential backoff and jitter for up to `retry_timeout`
+    seconds from the request's first failure (`max_attempts`, when set, bounds the tries too),
+    so an outage shorter than that costs its length, not the operation."""
 
     kind = "base"
-    max_attempts = 6
+    max_attempts: int | None = None
     base_delay = 0.1
     max_delay = 5.0
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, retry_timeout: float = RETRY_TIMEOUT) -> None:
         self.metrics = metrics
+        self.retry_timeout = retry_timeout
 
     def __str__(self) -> str:
         return self.kind
 
-    def _retry(self, op: str, fn: Callable[[], T], nbytes: int = 0) -> T:
+    def _retry(self, op: str, fn: Callable[[], T], nbytes: int = 0, timeout: float | None = None) -> T:
+        """fn() through transient failures: for retry_timeout seconds from its first failure, or
+        for `timeout` seconds from now (a check that must answer within seconds)."""
         m = self.metrics
         delay = self.base_delay
-        for attempt in range(1, self.max_attempts + 1):
+        first_failure = None if timeout is None else time.monotonic()
+        timeout = self.retry_timeout if timeout is None else timeout
+        attempt = 0
+        while True:
+            attempt += 1
             start = time.perf_counter()
             try:
                 result = fn()
@@ -46,9 +61,15 @@ class ObjectStore(ABC):
             except Transient as e:
                 m.object_requests.labels(op).inc()
                 m.object_errors.labels(op).inc()
-                if attempt == self.max_attempts:
-                    raise ObjectUnavailable(f"{self} {op} failed after {attempt} attempts: {e}") from None
-                time.sleep(random.uniform(0, delay))
+                now = time.monotonic()
+                if first_failure is None:
+                    first_failure = now
+                left = timeout - (now - first_failure)
+                if left <= 0 or (self.max_attempts is not None and attempt >= self.max_attempts):
+                    raise ObjectUnavailable(f"{self} {op} failed after {attempt} attempts in "
+                                            f"{now - first_failure:.0f} s: {e}") from None
+                m.object_retries.labels(op).inc()
+                time.sleep(min(left, random.uniform(delay / 2, delay)))
                 delay = min(self.max_delay, delay * 2)
             except ObjectNotFound:
                 m.object_requests.labels(op).inc()
@@ -57,7 +78,6 @@ class ObjectStore(ABC):
                 m.object_requests.labels(op).inc()
                 m.object_errors.labels(op).inc()
                 raise
-        raise AssertionError("unreachable")
 
     def put(self, key: str, data: bytes) -> None:
         self._retry("put", lambda: self._put(key, data), len(data))

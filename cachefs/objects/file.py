@@ -10,14 +10,14 @@ from cachefs.errors import ConfigError, ObjectError, ObjectNotFound
 from cachefs.fileutil import write_atomic
 from cachefs.metrics import Metrics
 
-from .base import ObjectStore, Transient
+from .base import RETRY_TIMEOUT, ObjectStore, Transient
 
 
 class FileStore(ObjectStore):
     kind = "file"
 
-    def __init__(self, root: str, metrics: Metrics) -> None:
-        super().__init__(metrics)
+    def __init__(self, root: str, metrics: Metrics, retry_timeout: float = RETRY_TIMEOUT) -> None:
+        super().__init__(metrics, retry_timeout)
         if not root:
             raise ConfigError("file storage needs --bucket DIRECTORY")
         self.root = os.path.abspath(root)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from cachefs.errors import ObjectNotFound
 from cachefs.metrics import Metrics
 
-from .base import ObjectStore
+from .base import RETRY_TIMEOUT, ObjectStore
 
 # the buckets of this process: clients that open the same bucket share its objects (a test's
 # writer and reader), each counting its own requests
@@ -19,8 +19,8 @@ _BUCKETS_LOCK = threading.Lock()
 class MemStore(ObjectStore):
     kind = "mem"
 
-    def __init__(self, metrics: Metrics, name: str = "") -> None:
-        super().__init__(metrics)
+    def __init__(self, metrics: Metrics, name: str = "", retry_timeout: float = RETRY_TIMEOUT) -> None:
+        super().__init__(metrics, retry_timeout)
         if name:
             with _BUCKETS_LOCK:
                 self.objects, self._lock = _BUCKETS.setdefault(name, ({}, threading.Lock()))

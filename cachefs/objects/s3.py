@@ -11,16 +11,17 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
-from cachefs.errors import ConfigError, ObjectError, ObjectNotFound
+from cachefs.errors import ConfigError, ObjectError, ObjectNotFound, ObjectUnavailable
 from cachefs.metrics import Metrics
 
-from .base import ObjectStore, Transient
+from .base import RETRY_TIMEOUT, ObjectStore, Transient
 from .s3_http import HTTPFailure, NoCredentials, SignedHTTP
 
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                     "ServiceUnavailable", "RequestTimeTooSkewed", "503", "500", "502", "504"}
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
                "ExpiredToken"}
+CHECK_TIMEOUT = 8.0  # seconds the bucket checks of format and mount try through transient failures
 _NETWORK = (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ReadTimeoutError,
             bce.ConnectionClosedError, bce.ResponseStreamingError)
 
@@ -46,8 +47,9 @@ class S3Store(ObjectStore):
     kind = "s3"
 
     def __init__(self, bucket: str, endpoint: str = "", access_key: str = "", secret_key: str = "",
-                 region: str = "", max_connections: int = 64, *, metrics: Metrics) -> None:
-        super().__init__(metrics)
+                 region: str = "", max_connections: int = 64, *, metrics: Metrics,
+                 retry_timeout: float = RETRY_TIMEOUT) -> None:
+        super().__init__(metrics, retry_timeout)
         self.endpoint, self.bucket = parse_bucket(bucket, endpoint)
         access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID", "")
         secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY", "")
@@ -134,21 +136,39 @@ class S3Store(ObjectStore):
                 raise err from None
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        paginator = self.client.get_paginator("list_objects_v2")
+        """Every key under prefix; a page that fails transiently is asked again (from the last
+        key seen) for up to the retry timeout."""
+        last = ""
+        while True:
+            kw = {"Bucket": self.bucket, "Prefix": prefix, **({"StartAfter": last} if last else {})}
+            page = self._retry("list", lambda kw=kw: self._list_page(kw))
+            for key, size in page["items"]:
+                yield key, size
+                last = key
+            if not page["more"]:
+                return
+
+    def _list_page(self, kw: dict) -> dict:
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    yield obj["Key"], obj["Size"]
+            r = self.client.list_objects_v2(**kw)
         except Exception as e:
             raise self._fail(e) from None
+        return {"items": [(o["Key"], o["Size"]) for o in r.get("Contents", [])], "more": r.get("IsTruncated", False)}
 
     def check(self) -> None:
+        """Fail fast with a clear error when the bucket is missing or the keys are refused;
+        transient failures (a 503, a reset) are tried again for a few seconds, so that a busy
+        server does not keep a mount from starting while a dead one still fails within seconds."""
+        try:
+            self._retry("head", self._head, timeout=CHECK_TIMEOUT)
+        except ObjectUnavailable as e:
+            raise ObjectError(f"cannot reach S3 at {self.endpoint or 'AWS'}: {e}") from None
+
+    def _head(self) -> None:
         try:
             self._quick.head_bucket(Bucket=self.bucket)
         except Exception as e:
             err = self._fail(e)
-            if isinstance(err, Transient):
-                raise ObjectError(f"cannot reach S3 at {self.endpoint or 'AWS'}: {e}") from None
             if isinstance(err, ObjectError) and "403" in str(e):
                 raise ObjectError(f"S3 refused the credentials for bucket {self.bucket!r}") from None
             raise err from None
@@ -161,9 +181,12 @@ class S3Store(ObjectStore):
             if "does not exist" not in str(e):
                 raise
         try:
+            self._retry("create", self._create, timeout=CHECK_TIMEOUT)
+        except ObjectUnavailable as e:
+            raise ObjectError(f"cannot reach S3 at {self.endpoint or 'AWS'}: {e}") from None
+
+    def _create(self) -> None:
+        try:
             self._quick.create_bucket(Bucket=self.bucket)
         except Exception as e:
-            err = self._fail(e)
-            if isinstance(err, Transient):
-                raise ObjectError(f"cannot reach S3 at {self.endpoint or 'AWS'}: {e}") from None
-            raise err from None
+            raise self._fail(e) from None

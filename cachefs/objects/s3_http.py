@@ -39,7 +39,7 @@ class SignedHTTP:
 
     def __init__(self, endpoint_url: str, bucket: str, region: str,
                  credentials: Callable[[], Credentials | None], max_connections: int,
-                 connect_timeout: float = 3, read_timeout: float = 30) -> None:
+                 connect_timeout: float = 3, read_timeout: float = 15) -> None:
         self.base = f"{endpoint_url.rstrip('/')}/{quote(bucket, safe='')}/"
         self.region = region
         self._credentials = credentials
