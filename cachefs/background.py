@@ -19,6 +19,19 @@ from .compact import CompactionQueue, compact_chunk
 log = logging.getLogger("cachefs.background")
 
 
+def remove_uncommitted(meta: BaseMeta, chunks: ChunkStore, sid: int) -> int:
+    """Delete the objects of a dead session's slices that no commit names (its writers were
+    killed mid-write; meta/inflight.py); returns how many."""
+    removed = 0
+    for start, end, used in meta.session_ranges(sid):
+        for slice_id, keys in chunks.stored_slices(start, end).items():
+            if slice_id not in used:
+                for key in keys:
+                    chunks.objects.delete(key)
+                removed += len(keys)
+    return removed
+
+
 class Background:
     def __init__(self, meta: BaseMeta, chunks: ChunkStore, compactions: CompactionQueue | None = None, *,
                  heartbeat: float = 12.0, session_timeout: float = 60.0, trash_delay: float = 30.0) -> None:
@@ -60,7 +73,11 @@ class Background:
             now = time.monotonic()
             try:
                 if now >= next_clean:
-                    self.meta.clean_stale_sessions(self.session_timeout)
+                    for sid in self.meta.stale_sessions(self.session_timeout):
+                        removed = remove_uncommitted(self.meta, self.chunks, sid)
+                        reclaimed = self.meta.clean_session(sid)
+                        log.info("cleaned up dead session %d: %d uncommitted object(s) removed, %d open "
+                                 "but deleted file(s) reclaimed", sid, removed, reclaimed)
                     next_clean = now + self.heartbeat
                 self.run_once()
             except Exception as e:  # keep serving; the next round retries

@@ -26,6 +26,20 @@ def block_key(volume: str, slice_id: int, index: int, length: int) -> str:
     return f"{volume}/chunks/{slice_id // 1_000_000}/{slice_id // 1000}/{slice_id}_{index}_{length}"
 
 
+def block_folder(volume: str, slice_id: int) -> str:
+    """The key prefix (a "folder") under which a slice's blocks, and those of the ids beside
+    it, are stored."""
+    return block_key(volume, slice_id, 0, 0).rpartition("/")[0] + "/"
+
+
+def parse_block_key(key: str) -> tuple[int, int, int] | None:
+    """(slice id, index, length) of a block key, or None for any other object."""
+    parts = key.rpartition("/")[2].split("_")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 def block_lengths(size: int, block_size: int) -> list[int]:
     """Lengths of the blocks of a slice of `size` bytes (the last one short)."""
     full, rest = divmod(size, block_size)

@@ -12,7 +12,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .block import Buffer, as_pieces, block_key, block_keys, decode_block, encode_parts
+from .block import (
+    Buffer,
+    as_pieces,
+    block_folder,
+    block_key,
+    block_keys,
+    decode_block,
+    encode_parts,
+    parse_block_key,
+)
 from .diskcache import DiskCache
 from .durability import Durability
 from .errors import ChecksumError, ObjectError, ObjectNotFound
@@ -335,6 +344,17 @@ class ChunkStore:
             if self.cache is not None:
                 self.cache.drop(key)
             self.objects.delete(key)
+
+    def stored_slices(self, start: int, end: int) -> dict[int, list[str]]:
+        """The object keys of every slice with an id in [start, end) the object store holds."""
+        out: dict[int, list[str]] = {}
+        for folder in sorted({block_folder(self.volume, i) for i in (start, end - 1)} |
+                             {block_folder(self.volume, i) for i in range(start, end, 1000)}):
+            for key, _ in self.objects.list(folder):
+                ident = parse_block_key(key)
+                if ident is not None and start <= ident[0] < end:
+                    out.setdefault(ident[0], []).append(key)
+        return out
 
     def close(self) -> None:
         """Wait for the uploads in flight (the durability behind them is the volume's to close)."""

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import os
+import stat
 import sys
 from types import ModuleType
 
@@ -17,7 +18,7 @@ from .errors import CachefsError, ConfigError
 
 # each name is a module of cachefs.commands with add(subparsers) and run(args); a new command is
 # one new module and one line here (imported on use, so a command's imports cost only its runs)
-COMMANDS = ("format", "mount", "umount", "status", "info", "clone", "warmup", "flush", "fsck", "csi",
+COMMANDS = ("format", "mount", "umount", "status", "info", "clone", "warmup", "flush", "fsck", "gc", "csi",
             "stats", "bench")
 
 
@@ -56,16 +57,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cachefs {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: still one line (CACHEFS_DEBUG=1 shows the traceback)
+        if os.environ.get("CACHEFS_DEBUG"):
+            raise
+        print(f"cachefs {args.command}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 # ---- the client of a mount's .control file --------------------------------------------------
 def control(mountpoint: str, request: dict) -> dict:
-    """Ask the mount process through its `.control` file."""
+    """Ask the mount process through its `.control` file; only the mount's own (its inode on
+    that mount), never a file a user put there."""
+    from .internal import CONTROL_INODE
+
     try:
-        fd = os.open(os.path.join(mountpoint, ".control"), os.O_RDWR)
+        fd = os.open(os.path.join(mountpoint, ".control"), os.O_RDWR | os.O_NOFOLLOW)
     except OSError as e:
         raise ConfigError(f"{mountpoint}: cannot reach the mount process ({e.strerror})") from None
     try:
+        st = os.fstat(fd)
+        if st.st_ino != CONTROL_INODE or not stat.S_ISREG(st.st_mode) or st.st_dev != os.stat(mountpoint).st_dev:
+            raise ConfigError(f"{mountpoint}/.control is not the mount's control file (inode {st.st_ino})")
         os.write(fd, json.dumps(request).encode())
         chunks = []
         while data := os.pread(fd, 1 << 20, sum(map(len, chunks))):
@@ -74,9 +86,14 @@ def control(mountpoint: str, request: dict) -> dict:
         raise ConfigError(f"{mountpoint}: the mount process failed the request ({e.strerror})") from None
     finally:
         os.close(fd)
-    answer = json.loads(b"".join(chunks) or b"{}")
+    try:
+        answer = json.loads(b"".join(chunks) or b"{}")
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ConfigError(f"{mountpoint}: the mount process gave an answer that is not a JSON object")
     if "error" in answer:
-        raise ConfigError(answer["error"])
+        raise ConfigError(str(answer["error"]))
     return answer
 
 

@@ -60,8 +60,10 @@ def compact_chunk(meta: BaseMeta, chunks: ChunkStore, ino: int, indx: int, min_s
         size = writer.finish()
     except Exception:
         chunks.delete_slice(writer.id, writer.length)
+        meta.resolved([writer.id])
         raise
     if meta.compact_chunk(ino, indx, slices, [Slice(start, writer.id, size, 0, size)]):
         return True
     chunks.delete_slice(writer.id, size)
+    meta.resolved([writer.id])
     return False

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from . import __version__
 from .errors import CachefsError, ConfigError
+from .fileutil import private_dirs, tighten
 from .mountinfo import is_mounted, mount_device
 from .options import Options
 
@@ -76,7 +77,9 @@ def read_state(mountpoint: str) -> dict | None:
 
 
 def _write_state(req: MountRequest) -> None:
-    os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+    """The state file holds the metadata URL (perhaps with a password): root's alone."""
+    private_dirs(RUN_DIR)
+    tighten(RUN_DIR)
     path = state_file(req.mountpoint)
     fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -115,7 +118,7 @@ def mount(req: MountRequest, background: bool) -> int:
         return _serve(req, notify=None)
     log_file = req.options.log or "/var/log/cachefs.log"
     try:
-        open(log_file, "a").close()
+        os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
     except OSError as e:
         raise ConfigError(f"cannot write log file {log_file}: {e.strerror}") from None
     r, w = os.pipe()
@@ -283,9 +286,10 @@ def umount(mountpoint: str, force: bool = False, wait: float = 60.0) -> None:
     import subprocess
 
     real = os.path.realpath(mountpoint)
-    if not is_mounted(real):
-        raise ConfigError(f"{mountpoint} is not mounted")
     state = read_state(real)
+    if not is_mounted(real):
+        _forget_dead(real, state)
+        raise ConfigError(f"{mountpoint} is not mounted")
     cmds = [["fusermount3", "-u", real]]
     if force:
         cmds = [["fusermount3", "-u", "-z", real], ["umount", "-l", real]]
@@ -307,9 +311,21 @@ def umount(mountpoint: str, force: bool = False, wait: float = 60.0) -> None:
         deadline = time.time() + wait
         while time.time() < deadline and _alive(pid):
             time.sleep(0.05)
+    _forget_dead(real, state)
+
+
+def _forget_dead(mountpoint: str, state: dict | None) -> None:
+    """Remove the state file of a mount whose process is gone (a killed mount leaves it)."""
+    if state and not _alive(int(state.get("pid") or 0)):
+        try:
+            os.unlink(state_file(mountpoint))
+        except OSError:
+            pass
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .fileutil import replace_via_temp, write_atomic
+from .fileutil import FILE_MODE, replace_via_temp, write_atomic
 
 log = logging.getLogger("cachefs.directio")
 
@@ -78,7 +78,7 @@ def write_atomic_direct(path: str, parts: Sequence[bytes | memoryview], buf: mem
     buf[n:padded] = bytes(padded - n)
 
     def write(tmp: str) -> None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, FILE_MODE)
         try:
             done = 0
             while done < padded:

@@ -22,6 +22,7 @@ import xxhash
 
 from .directio import AlignedBuffers, AtomicWriter
 from .errors import ChecksumError
+from .fileutil import FILE_MODE, private_dirs, tighten
 from .metrics import Metrics
 
 MAGIC = b"CFC1"
@@ -86,7 +87,9 @@ class DiskCache:
         for d in dirs:
             cd = CacheDir(d, volume_uuid, AtomicWriter(f"cache dir {os.path.abspath(d)}", self._buffers))
             try:
-                os.makedirs(cd.base, exist_ok=True)
+                private_dirs(cd.base)
+                tighten(os.path.dirname(cd.base))  # <dir>/<uuid>: this volume's entries and staging
+                tighten(cd.base)
                 self._scan(cd)
             except OSError as e:
                 log.error("cache dir %s unusable, skipped: %s", d, e.strerror)
@@ -108,6 +111,8 @@ class DiskCache:
                     continue
                 try:
                     st = os.stat(full)
+                    if st.st_mode & 0o077:
+                        os.chmod(full, FILE_MODE)
                 except OSError:
                     continue
                 found.append((st.st_atime, os.path.relpath(full, cd.base), st.st_size))

@@ -1,4 +1,4 @@
-"""fsck: which files have blocks the object store does not hold.
+"""fsck: which files have blocks the object store does not hold, or holds damaged.
 
 A missing block of a slice still pending on a live session is an upload in progress, not damage;
 one pending on an ended session is damage unless that node comes back with its staging
@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from cachefs.meta import BaseMeta
 from cachefs.meta.types import ROOT_INODE, TYPE_DIR, TYPE_FILE
 
-from .block import block_keys
+from .block import HEADER, block_keys, decode_block
+from .errors import CachefsError
 from .objects import ObjectStore
 
 
@@ -22,6 +23,7 @@ class Finding:
     path: str
     missing: int  # blocks
     total: int
+    bad: int = 0  # blocks of the wrong size, or (verified) failing their checksum
     ended_sessions: set[int] = field(default_factory=set)  # writers gone with blocks still staged
 
 
@@ -33,9 +35,19 @@ class Report:
     uploading: list[Finding] = field(default_factory=list)
 
 
-def check(meta: BaseMeta, objects: ObjectStore, volume: str, block_size: int,
-          session_timeout: float = 60.0) -> Report:
-    present = {key for key, _ in objects.list(f"{volume}/chunks/")}
+def stored_size_ok(size: int, length: int, compression: str) -> bool:
+    """Whether an object of `size` bytes can be the stored form of a block of `length` plain
+    bytes (a header, then the payload: as is, or lz4-compressed when that was smaller)."""
+    if compression == "lz4":
+        return HEADER.size < size <= HEADER.size + length
+    return size == HEADER.size + length
+
+
+def check(meta: BaseMeta, objects: ObjectStore, volume: str, block_size: int, compression: str = "none",
+          verify: bool = False, session_timeout: float = 60.0) -> Report:
+    """Every file's blocks against the object store: present, of a size the block can have,
+    and with verify, fetched and checked against their checksum."""
+    present = dict(objects.list(f"{volume}/chunks/"))
     pending = {p.id: p.sid for p in meta.pending_slices()}
     cutoff = time.time() - session_timeout
     alive = {s.sid for s in meta.sessions() if s.heartbeat >= cutoff}
@@ -55,10 +67,13 @@ def check(meta: BaseMeta, objects: ObjectStore, volume: str, block_size: int,
             report.files += 1
             f = Finding(path, 0, 0)
             uploading = False
-            for slice_id, size in meta.file_slices(ino, attr.length):
-                for _i, key, _n in block_keys(volume, slice_id, size, block_size):
+            for slice_id, size in meta.file_slices(ino):
+                for _i, key, n in block_keys(volume, slice_id, size, block_size):
                     f.total += 1
                     if key in present:
+                        if not stored_size_ok(present[key], n, compression) or verify and not _verifies(
+                                objects, key, n):
+                            f.bad += 1
                         continue
                     f.missing += 1
                     sid = pending.get(slice_id)
@@ -67,9 +82,19 @@ def check(meta: BaseMeta, objects: ObjectStore, volume: str, block_size: int,
                     elif sid is not None:
                         f.ended_sessions.add(sid)
             report.blocks += f.total
-            if f.missing:
+            if f.bad:
+                report.damaged.append(f)
+            elif f.missing:
                 if uploading and not f.ended_sessions:
                     report.uploading.append(f)
                 else:
                     report.damaged.append(f)
     return report
+
+
+def _verifies(objects: ObjectStore, key: str, length: int) -> bool:
+    try:
+        decode_block(objects.get(key), length, key)
+    except CachefsError:
+        return False
+    return True

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from cachefs.meta.types import TYPE_FILE, Attr, now_ns
+from cachefs.meta.types import ROOT_INODE, TYPE_FILE, Attr, now_ns
 
 from .errors import CachefsError, FSError
 
@@ -32,6 +32,12 @@ _STARTED = now_ns()
 
 def is_internal(ino: int) -> bool:
     return ino in _MODES
+
+
+def reserved(parent: int, name: bytes) -> bool:
+    """Whether parent/name is one of the mount's own files (.control anywhere, .stats at the
+    root)."""
+    return name == CONTROL_NAME or (name in NAMES and parent == ROOT_INODE)
 
 
 def attr(ino: int) -> Attr:
@@ -94,10 +100,10 @@ class Control:
     def _slices(self, ino: int) -> list[tuple[int, int]]:
         """Distinct (slice id, size) of a file: what its blocks are made of."""
         try:
-            attr = self.meta.getattr(ino)
+            self.meta.getattr(ino)
         except FSError:
             return []
-        return self.meta.file_slices(ino, attr.length)
+        return self.meta.file_slices(ino)
 
     def warmup(self, inodes: list[int], threads: int) -> dict:
         slices = [s for ino in inodes for s in self._slices(ino)]

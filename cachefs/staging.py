@@ -18,7 +18,7 @@ import threading
 from .block import Buffer
 from .directio import AlignedBuffers, AtomicWriter
 from .errors import ConfigError
-from .fileutil import TMP_MARK
+from .fileutil import FILE_MODE, TMP_MARK, private_dirs, tighten
 from .metrics import Metrics
 
 log = logging.getLogger("cachefs.staging")
@@ -40,7 +40,9 @@ class Staging:
         self.limit = limit
         self.free_ratio = free_ratio
         self.metrics = metrics
-        os.makedirs(path, exist_ok=True)
+        private_dirs(path)
+        tighten(os.path.dirname(path))  # <cache dir>/<uuid>
+        tighten(path)
         # one mount process owns a staging directory: another one recovering it would upload or
         # delete blocks whose commit is still in flight (the lock dies with its process)
         self._lock_fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -64,6 +66,7 @@ class Staging:
             ident = parse_name(name)
             if ident is None:
                 continue
+            tighten(full, FILE_MODE)
             self._add(ident, os.path.getsize(full))
 
     def _add(self, ident: tuple[int, int, int], size: int) -> None:

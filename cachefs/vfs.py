@@ -12,7 +12,7 @@ import errno
 import os
 
 from cachefs.meta import BaseMeta
-from cachefs.meta.types import ROOT_INODE, TYPE_DIR, TYPE_FILE, Attr, type_from_mode
+from cachefs.meta.types import TYPE_DIR, TYPE_FILE, Attr, type_from_mode
 
 from . import internal
 from .block import Buffer
@@ -45,6 +45,15 @@ class VFS:
         if self.read_only:
             raise FSError(errno.EROFS)
 
+    @staticmethod
+    def _unreserved(parent: int, *names: bytes) -> None:
+        """The mount's own files (.control in every directory, .stats at the root) cannot be
+        created, renamed onto or away, linked to or removed: a user's file there would take
+        root's requests to the mount (EPERM)."""
+        for name in names:
+            if internal.reserved(parent, name):
+                raise FSError(errno.EPERM, f"{name.decode(errors='replace')} is reserved for the mount")
+
     def _handle(self, fh: int) -> Handle:
         h = self.files.handles.get(fh)
         if h is None:
@@ -61,7 +70,7 @@ class VFS:
 
     # ---- namespace ----------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
-        if name in internal.NAMES and (parent == ROOT_INODE or name == internal.CONTROL_NAME):
+        if internal.reserved(parent, name):
             ino = internal.NAMES[name]
             return ino, internal.attr(ino)
         ino, attr = self.meta.lookup(parent, name)
@@ -90,15 +99,18 @@ class VFS:
 
     def mknod(self, parent: int, name: bytes, mode: int, ctx: Ctx = ROOT_CTX, rdev: int = 0) -> tuple[int, Attr]:
         self._writable()
+        self._unreserved(parent, name)
         typ = type_from_mode(mode)
         return self.meta.mknod(parent, name, typ, mode & 0o7777, ctx.uid, ctx.gid, rdev)
 
     def mkdir(self, parent: int, name: bytes, mode: int, ctx: Ctx = ROOT_CTX) -> tuple[int, Attr]:
         self._writable()
+        self._unreserved(parent, name)
         return self.meta.mknod(parent, name, TYPE_DIR, mode & 0o7777, ctx.uid, ctx.gid)
 
     def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx = ROOT_CTX) -> tuple[int, Attr]:
         self._writable()
+        self._unreserved(parent, name)
         return self.meta.symlink(parent, name, target, ctx.uid, ctx.gid)
 
     def readlink(self, ino: int) -> bytes:
@@ -106,18 +118,25 @@ class VFS:
 
     def link(self, ino: int, parent: int, name: bytes) -> Attr:
         self._writable()
+        self._unreserved(parent, name)
+        if internal.is_internal(ino):
+            raise FSError(errno.EPERM)
         return self._with_length(ino, self.meta.link(ino, parent, name))
 
     def unlink(self, parent: int, name: bytes) -> None:
         self._writable()
+        self._unreserved(parent, name)
         self.meta.unlink(parent, name)
 
     def rmdir(self, parent: int, name: bytes) -> None:
         self._writable()
+        self._unreserved(parent, name)
         self.meta.rmdir(parent, name)
 
     def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0) -> None:
         self._writable()
+        self._unreserved(p1, n1)
+        self._unreserved(p2, n2)
         self.meta.rename(p1, n1, p2, n2, flags)
 
     # ---- directories ------------------------------------------------------------------------
@@ -188,6 +207,7 @@ class VFS:
                ctx: Ctx = ROOT_CTX) -> tuple[int, int, Attr]:
         """Create and open a file: (fh, inode, attr)."""
         self._writable()
+        self._unreserved(parent, name)
         ino, attr = self.meta.mknod(parent, name, TYPE_FILE, mode & 0o7777, ctx.uid, ctx.gid)
         fs = self.files.opened(ino, attr)
         with fs.lock:

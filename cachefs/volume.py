@@ -19,6 +19,7 @@ from .compact import CompactionQueue
 from .diskcache import DiskCache
 from .durability import Durability, WriteThrough
 from .errors import ConfigError
+from .fileutil import private_dirs
 from .handles import OpenFiles
 from .internal import Control
 from .metrics import Metrics
@@ -31,6 +32,19 @@ from .writeback import WriteBack
 from .writer import Writer
 
 log = logging.getLogger("cachefs.volume")
+
+
+def _usable_dir(path: str) -> None:
+    """A cache directory that is one (made, private, when missing) and writable, or a
+    ConfigError saying what it is instead."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--cache-dir {path} is not a directory")
+    try:
+        private_dirs(path)
+    except OSError as e:
+        raise ConfigError(f"--cache-dir {path}: cannot create it ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--cache-dir {path} is not writable")
 
 
 class Volume:
@@ -53,6 +67,8 @@ class Volume:
     def _build(self, o: Options) -> None:
         s = self.settings
         self.cache = None
+        for d in o.cache_dirs:
+            _usable_dir(d)
         if o.cache_dirs and o.cache_size > 0:
             self.cache = DiskCache(o.cache_dirs, s.uuid, o.cache_size, o.free_space_ratio, self.metrics)
         key = functools.partial(block_key, s.name)

@@ -93,8 +93,10 @@ class Writer:
         for b, n in zip(buffered, sizes, strict=True):
             try:
                 self.chunks.delete_slice(b.writer.id, n or b.writer.length)
-            except Exception as e:
+            except Exception as e:  # left to the cleanup of this session's slice ranges, or gc
                 log.warning("could not remove uncommitted slice %d: %s", b.writer.id, e)
+                continue
+            self.meta.resolved([b.writer.id])
 
     def commit_all(self, files: OpenFiles) -> None:
         """Commit every open file's buffered slices."""

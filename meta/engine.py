@@ -14,17 +14,18 @@ import errno
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from cachefs.errors import ConfigError, FSError
 
 from .filedata import FileData
+from .inflight import InFlight
 from .namespace import Namespace
 from .records import MAX_NAME, MAX_XATTR_NAME, MAX_XATTR_VALUE, XATTR_CREATE, XATTR_REPLACE, Tx
 from .retry import Retry
 from .sessions import Sessions
-from .types import ROOT_INODE, TYPE_DIR, Attr, PendingSlice, SessionInfo, Settings, now_ns
+from .types import META_VERSION, ROOT_INODE, TYPE_DIR, Attr, PendingSlice, SessionInfo, Settings, Slice, now_ns
 
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ TOTAL_SPACE = 1 << 50  # reported capacity: object stores have no fixed size
 TOTAL_INODES = 10 << 30
 
 
-class BaseMeta(Namespace, FileData, Sessions, ABC):
+class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
     """The metadata interface every layer above uses; engines subclass it."""
 
     name = "base"
@@ -47,6 +48,7 @@ class BaseMeta(Namespace, FileData, Sessions, ABC):
         self._alloc: dict[str, tuple[int, int]] = {}
         self.settings: Settings | None = None
         self._sustaining: set[int] = set()  # inodes this client keeps alive for its open handles
+        self._init_inflight()
 
     # ---- engine hooks -------------------------------------------------------------------
     @abstractmethod
@@ -115,6 +117,23 @@ class BaseMeta(Namespace, FileData, Sessions, ABC):
     def _pending_list(self) -> list[PendingSlice]: ...
 
     @abstractmethod
+    def _all_chunks(self) -> Iterator[bytes]:
+        """The packed records of every chunk of the volume (gc)."""
+
+    # the slice id ranges of sessions (inflight.py)
+    @abstractmethod
+    def _range_add(self, sid: int, start: int, end: int) -> None: ...
+
+    @abstractmethod
+    def _range_list(self, sid: int) -> list[tuple[int, int]]: ...
+
+    @abstractmethod
+    def _range_used(self, sid: int, start: int) -> set[int]: ...
+
+    @abstractmethod
+    def _range_drop(self, sid: int, start: int) -> None: ...
+
+    @abstractmethod
     def _pending_done(self, ids: list[int]) -> None: ...
 
     @abstractmethod
@@ -147,8 +166,26 @@ class BaseMeta(Namespace, FileData, Sessions, ABC):
         settings = self._load_settings()
         if settings is None:
             raise ConfigError("volume is not formatted (run `cachefs format` first)")
+        if settings.meta_version < META_VERSION:
+            self._upgrade(settings.meta_version)
+            settings.meta_version = META_VERSION
+            self._store_settings(settings)
+        elif settings.meta_version > META_VERSION:
+            raise ConfigError(f"volume {settings.name!r} was formatted by a newer cachefs (metadata version "
+                              f"{settings.meta_version}; this one knows {META_VERSION})")
         self.settings = settings
         return settings
+
+    def _upgrade(self, version: int) -> None:
+        """Bring the records of a volume of an older metadata version up to date (idempotent:
+        two clients may do it at once)."""
+
+    def referenced_slices(self) -> set[int]:
+        """Every slice id a chunk of the volume names, or the trash holds for deletion: a full
+        scan of the metadata (for gc)."""
+        ids = {s.id for blob in self._all_chunks() for s in Slice.unpack_many(blob) if s.id}
+        ids |= {i for i, _ in self._trash(1 << 62, float("inf"))}
+        return ids
 
     def update_settings(self, settings: Settings) -> None:
         self._store_settings(settings)
@@ -167,9 +204,6 @@ class BaseMeta(Namespace, FileData, Sessions, ABC):
 
     def new_inode(self) -> int:
         return self._next_id("nextInode", 100)
-
-    def new_slice_id(self) -> int:
-        return self._next_id("nextSlice", 1000)
 
     # ---- lookups -----------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:

@@ -14,23 +14,29 @@ from .records import (
     FALLOC_FL_ZERO_RANGE,
     Tx,
     add_inode,
-    align4k,
     check_name,
     deref,
     distinct,
     free_name,
+    stored,
 )
 from .types import CHUNK_SIZE, TYPE_DIR, TYPE_FILE, Attr, Slice, now_ns
+
+MAX_LENGTH = (1 << 63) - 1  # the largest file the kernel (and a signed 64-bit length) allows
 
 
 class FileData:
     def read_chunk(self, ino: int, indx: int) -> list[Slice]:
         return self._read(lambda tx: tx.get_slices(ino, indx))
 
-    def file_slices(self, ino: int, length: int) -> list[tuple[int, int]]:
-        """Distinct (slice id, size) of a file of `length` bytes: what its blocks are made of."""
-        chunks = (length + CHUNK_SIZE - 1) // CHUNK_SIZE
-        return distinct(s for indx in range(chunks) for s in self.read_chunk(ino, indx))
+    def chunk_indexes(self, ino: int) -> list[int]:
+        """The chunks of ino that hold slice records, ascending."""
+        return self._read(lambda tx: tx.chunk_indexes(ino))
+
+    def file_slices(self, ino: int) -> list[tuple[int, int]]:
+        """Distinct (slice id, size) of a file: what its blocks are made of (a read per chunk
+        that holds data, however long the file is)."""
+        return distinct(s for indx in self.chunk_indexes(ino) for s in self.read_chunk(ino, indx))
 
 
     # ---- attributes ------------------------------------------------------------------------
@@ -66,21 +72,23 @@ class FileData:
             raise FSError(errno.EISDIR if attr.type == TYPE_DIR else errno.EINVAL)
         if length < 0:
             raise FSError(errno.EINVAL)
+        if length > MAX_LENGTH:
+            raise FSError(errno.EFBIG)
         old = attr.length
         if length < old:
             indx, pos = divmod(length, CHUNK_SIZE)
-            first_gone = indx
-            if pos:
-                end = min(CHUNK_SIZE, old - indx * CHUNK_SIZE)
-                tx.append_slices(ino, indx, [Slice(pos, 0, 0, 0, end - pos)])
-                first_gone = indx + 1
-            last = (old - 1) // CHUNK_SIZE
-            for i in range(first_gone, last + 1):
-                slices = tx.get_slices(ino, i)
-                if slices:
-                    tx.set_slices(ino, i, [])
-                    deref(tx, distinct(slices))
-        tx.add_usage(align4k(length) - align4k(old), 0)
+            freed = 0
+            for i in tx.chunk_indexes(ino):  # only chunks that hold data: a sparse file is cheap
+                if i == indx and pos:
+                    end = min(CHUNK_SIZE, old - indx * CHUNK_SIZE)
+                    tx.append_slices(ino, indx, [Slice(pos, 0, 0, 0, end - pos)])
+                elif i >= indx:
+                    slices = tx.get_slices(ino, i)
+                    if slices:
+                        tx.set_slices(ino, i, [])
+                        freed += stored(slices)
+                        deref(tx, distinct(slices))
+            tx.add_usage(-freed, 0)
         attr.length = length
         attr.mtime = attr.ctime = now
 
@@ -100,17 +108,17 @@ class FileData:
                 raise FSError(errno.EISDIR if attr.type == TYPE_DIR else errno.ENODEV)
             now = now_ns()
             end = offset + size
+            if end > MAX_LENGTH:
+                raise FSError(errno.EFBIG)
             if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                # zeros over the chunks that hold data; the others read as zeros already
                 zend = min(end, attr.length) if mode & FALLOC_FL_KEEP_SIZE else end
-                pos = offset
-                while pos < zend:
-                    indx, cpos = divmod(pos, CHUNK_SIZE)
-                    n = min(CHUNK_SIZE - cpos, zend - pos)
-                    tx.append_slices(ino, indx, [Slice(cpos, 0, 0, 0, n)])
-                    pos += n
+                for indx in tx.chunk_indexes(ino):
+                    a, b = max(offset, indx * CHUNK_SIZE), min(zend, (indx + 1) * CHUNK_SIZE)
+                    if a < b:
+                        tx.append_slices(ino, indx, [Slice(a - indx * CHUNK_SIZE, 0, 0, 0, b - a)])
             if end > attr.length and not mode & FALLOC_FL_KEEP_SIZE:
-                tx.add_usage(align4k(end) - align4k(attr.length), 0)
-                attr.length = end
+                attr.length = end  # nothing is allocated: the object store has no space to reserve
             attr.mtime = attr.ctime = now
             tx.set_attr(ino, attr)
             return attr
@@ -136,18 +144,23 @@ class FileData:
             for indx, s in slices:
                 by_chunk.setdefault(indx, []).append(s)
                 newlen = max(newlen, indx * CHUNK_SIZE + s.pos + s.len)
+            if newlen > MAX_LENGTH:
+                raise FSError(errno.EFBIG)
+            self.committing(tx, [s.id for _, s in slices if s.id])
             for indx, group in by_chunk.items():
                 tx.append_slices(ino, indx, group)
             for _, s in slices:
                 if s.id in pending:
                     tx.add_pending(s.id, self.sid, ino, s.size)
-            tx.add_usage(align4k(newlen) - align4k(attr.length), 0)
+            tx.add_usage(stored(s for _, s in slices), 0)
             attr.length = newlen
             attr.mtime = attr.ctime = mtime or now_ns()
             tx.set_attr(ino, attr)
             return attr
 
-        return self._txn(fn)
+        attr = self._txn(fn)
+        self.resolved([s.id for _, s in slices])
+        return attr
 
     def compact_chunk(self, ino: int, indx: int, old: list[Slice], new: list[Slice]) -> bool:
         """Replace the leading records `old` of a chunk by `new`; False when the chunk changed
@@ -157,13 +170,18 @@ class FileData:
             cur = tx.get_slices(ino, indx)
             if cur[: len(old)] != old:
                 return False
+            self.committing(tx, [s.id for s in new if s.id])
             rest = cur[len(old) :]
             tx.set_slices(ino, indx, new + rest)
+            tx.add_usage(stored(new) - stored(old), 0)
             keep = {s.id for s in new + rest}
             deref(tx, [(i, sz) for i, sz in distinct(old) if i not in keep])
             return True
 
-        return self._txn(fn)
+        done = self._txn(fn)
+        if done:
+            self.resolved([s.id for s in new])
+        return done
 
     def clone(self, src: int, parent: int, name: bytes, uid: int, gid: int) -> tuple[int, Attr]:
         """A new file with the content of src, sharing its slices (metadata only)."""
@@ -182,12 +200,15 @@ class FileData:
             new.uid, new.gid, new.nlink, new.parent = uid, gid, 1, parent
             new.atime = new.mtime = new.ctime = now
             added: dict[int, int] = {}
-            for indx in range((attr.length + CHUNK_SIZE - 1) // CHUNK_SIZE):
+            space = 0
+            for indx in tx.chunk_indexes(src):
                 slices = tx.get_slices(src, indx)
                 if slices:
                     tx.set_slices(ino, indx, slices)
+                    space += stored(slices)
                     for sid, _ in distinct(slices):
                         added[sid] = added.get(sid, 0) + 1
+            tx.add_usage(space, 0)
             if added:
                 extra = tx.get_refs(list(added))
                 for sid, n in added.items():

@@ -87,7 +87,8 @@ class Namespace:
 
     def _delete_inode(self, tx: Tx, ino: int, attr: Attr) -> None:
         tx.del_inode(ino)
-        tx.add_usage(-align4k(attr.length), -1)
+        # a file's data is freed (and uncounted) by delete_file_data, chunk by chunk
+        tx.add_usage(0 if attr.type == TYPE_FILE else -align4k(attr.length), -1)
         if attr.type == TYPE_FILE and attr.length > 0:
             tx.add_delfile(ino, attr.length)
 

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from cachefs.errors import FSError
 
-from .types import TYPE_DIR, Attr, Slice
+from .types import TYPE_DIR, TYPE_FILE, Attr, Slice
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -36,6 +36,9 @@ class Tx(Protocol):
     def get_slices(self, ino: int, indx: int) -> list[Slice]: ...
     def append_slices(self, ino: int, indx: int, slices: list[Slice]) -> None: ...
     def set_slices(self, ino: int, indx: int, slices: list[Slice]) -> None: ...
+    # the chunks of ino that hold slice records, ascending: what truncate, deletion, fallocate,
+    # clone and fsck visit (a sparse file's work follows its data, not its length)
+    def chunk_indexes(self, ino: int) -> list[int]: ...
     def get_symlink(self, ino: int) -> bytes | None: ...
     def set_symlink(self, ino: int, target: bytes) -> None: ...
     def get_xattr(self, ino: int, name: bytes) -> bytes | None: ...
@@ -49,11 +52,17 @@ class Tx(Protocol):
     def add_sustained(self, sid: int, ino: int) -> None: ...
     def del_sustained(self, sid: int, ino: int) -> None: ...
     def add_pending(self, slice_id: int, sid: int, ino: int, size: int) -> None: ...
+    def add_used(self, sid: int, start: int, slice_id: int) -> None: ...  # committed, of range start
 
 
 
 def align4k(n: int) -> int:
     return (n + 4095) & ~4095
+
+
+def stored(slices: Iterable[Slice]) -> int:
+    """The space a chunk's records take (what statfs counts: allocated bytes, not lengths)."""
+    return sum(align4k(s.len) for s in slices if s.id)
 
 
 def check_name(name: bytes) -> None:
@@ -82,7 +91,8 @@ def add_inode(tx: Tx, parent: int, pattr: Attr, name: bytes, ino: int, attr: Att
     tx.set_entry(parent, name, ino, attr.type)
     pattr.mtime = pattr.ctime = now
     tx.set_attr(parent, pattr)
-    tx.add_usage(align4k(attr.length), 1)
+    # a file's space is its data (counted as slices are committed), another inode's its length
+    tx.add_usage(0 if attr.type == TYPE_FILE else align4k(attr.length), 1)
 
 
 def deref(tx: Tx, slices: list[tuple[int, int]]) -> None:

@@ -14,7 +14,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import redis
@@ -118,6 +118,7 @@ class RedisTx:
         else:
             self.appended[key] = self.appended.get(key, b"") + blob
         self._op(lambda p: p.append(key, blob))
+        self._indexed(ino, indx, True)
 
     def set_slices(self, ino: int, indx: int, slices: list[Slice]) -> None:
         key = self.k.chunk(ino, indx)
@@ -125,6 +126,21 @@ class RedisTx:
             self._set(key, b"".join(s.pack() for s in slices))
         else:
             self._delete(key)
+        self._indexed(ino, indx, bool(slices))
+
+    def _indexed(self, ino: int, indx: int, present: bool) -> None:
+        key = self.k.chunk_index(ino)
+        self.local[(key, indx)] = present
+        self._op(lambda p: p.sadd(key, indx) if present else p.srem(key, indx))
+
+    def chunk_indexes(self, ino: int) -> list[int]:
+        key = self.k.chunk_index(ino)
+        self._w(key)
+        found = {int(i) for i in self.c.smembers(key)}
+        for item, present in self.local.items():
+            if isinstance(item, tuple) and item[0] == key:
+                (found.add if present else found.discard)(item[1])
+        return sorted(found)
 
     def get_symlink(self, ino: int) -> bytes | None:
         return self._get(self.k.symlink(ino))
@@ -191,6 +207,9 @@ class RedisTx:
     def add_pending(self, slice_id: int, sid: int, ino: int, size: int) -> None:
         self._op(lambda p: p.hset(self.k.pending(), slice_id, f"{sid}:{ino}:{size}"))
 
+    def add_used(self, sid: int, start: int, slice_id: int) -> None:
+        self._op(lambda p: p.sadd(self.k.used(sid, start), slice_id))
+
 
 # One round trip for the commonest metadata request: the entry and the attributes it points to
 # (both keys carry the volume's hash tag, so they live in one Cluster slot).
@@ -219,6 +238,17 @@ _OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.Re
 _UNSET = object()
 
 
+def _password_file() -> str:
+    path = os.environ.get("META_PASSWORD_FILE")
+    if not path:
+        return ""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"META_PASSWORD_FILE {path}: {e.strerror}") from None
+
+
 def _is_outage(e: redis.RedisError) -> bool:
     if isinstance(e, redis.AuthenticationError):
         return False
@@ -235,8 +265,9 @@ class RedisMeta(BaseMeta):
         super().__init__(is_open)
         u = parse_url(url)
         self.where = u.where
-        # a password may come from the environment instead of the URL (then `ps` cannot show it)
-        password = os.environ.get("META_PASSWORD") or None
+        # a password may come from the environment or a file instead of the URL (then `ps`
+        # cannot show it)
+        password = os.environ.get("META_PASSWORD") or _password_file() or None
         self.r = connect(u, password)
         try:
             self.r.ping()
@@ -381,6 +412,33 @@ class RedisMeta(BaseMeta):
 
         self._call(fn)
 
+    def _upgrade(self, version: int) -> None:
+        if version < 2:  # index every file's chunks that hold records
+            prefix = self.k.chunk(0, 0)[: -len("0_0")]
+
+            def fn() -> None:
+                for key in self.r.scan_iter(match=prefix + "*", count=1000):
+                    ino, _, indx = key.decode()[len(prefix) :].partition("_")
+                    if ino.isdigit() and indx.isdigit():
+                        self.r.sadd(self.k.chunk_index(int(ino)), int(indx))
+
+            self._call(fn)
+
+    def _all_chunks(self) -> Iterator[bytes]:
+        prefix = self.k.chunk(0, 0)[: -len("0_0")]
+        batch: list = []
+
+        def fetch() -> list:
+            return self._call(lambda: self.r.mget(batch))
+
+        for key in self._call(lambda: list(self.r.scan_iter(match=prefix + "*", count=1000))):
+            batch.append(key)
+            if len(batch) >= 500:
+                yield from (v for v in fetch() if v)
+                batch = []
+        if batch:
+            yield from (v for v in fetch() if v)
+
     def _reset(self) -> None:
         def fn() -> None:
             batch = []
@@ -458,6 +516,25 @@ class RedisMeta(BaseMeta):
         rows = self._call(lambda: self.r.hgetall(self.k.pending()))
         out = [PendingSlice(int(k), *(int(x) for x in v.split(b":"))) for k, v in rows.items()]
         return sorted(out, key=lambda p: p.id)
+
+    def _range_add(self, sid: int, start: int, end: int) -> None:
+        self._call(lambda: self.r.hset(self.k.ranges(sid), start, end))
+
+    def _range_list(self, sid: int) -> list[tuple[int, int]]:
+        rows = self._call(lambda: self.r.hgetall(self.k.ranges(sid)))
+        return sorted((int(a), int(b)) for a, b in rows.items())
+
+    def _range_used(self, sid: int, start: int) -> set[int]:
+        return {int(i) for i in self._call(lambda: self.r.smembers(self.k.used(sid, start)))}
+
+    def _range_drop(self, sid: int, start: int) -> None:
+        def fn() -> None:
+            with self.r.pipeline(transaction=True) as p:
+                p.hdel(self.k.ranges(sid), start)
+                p.delete(self.k.used(sid, start))
+                p.execute()
+
+        self._call(fn)
 
     def _pending_done(self, ids: list[int]) -> None:
         self._call(lambda: self.r.hdel(self.k.pending(), *ids))

@@ -12,6 +12,7 @@ Cluster slot and every multi-key transaction stays legal there.
 | {v}i<ino>              | string | packed Attr                                       |
 | {v}d<ino>              | hash   | name -> packed (ino, type)                        |
 | {v}c<ino>_<indx>       | string | packed slice records, appended                    |
+| {v}k<ino>              | set    | the chunk indexes of ino that hold records        |
 | {v}s<ino>              | string | symlink target                                    |
 | {v}x<ino>              | hash   | xattr name -> value                               |
 | {v}sessions            | zset   | sid -> last heartbeat                             |
@@ -22,6 +23,8 @@ Cluster slot and every multi-key transaction stays legal there.
 | {v}sliceRef            | hash   | slice id -> extra references (shared slices)      |
 | {v}pending             | hash   | slice id -> "sid:ino:size", not yet uploaded      |
 | {v}m<id>               | string | a commit's marker (expires): was it applied?      |
+| {v}r<sid>              | hash   | start -> end: slice id ranges the session took    |
+| {v}u<sid>_<start>      | set    | slice ids of that range the session committed     |
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class Keys:
     def chunk(self, ino: int, indx: int) -> str:
         return f"{self.tag}c{ino}_{indx}"
 
+    def chunk_index(self, ino: int) -> str:
+        return f"{self.tag}k{ino}"
+
     def symlink(self, ino: int) -> str:
         return f"{self.tag}s{ino}"
 
@@ -77,6 +83,12 @@ class Keys:
 
     def pending(self) -> str:
         return self.tag + "pending"
+
+    def ranges(self, sid: int) -> str:
+        return f"{self.tag}r{sid}"
+
+    def used(self, sid: int, start: int) -> str:
+        return f"{self.tag}u{sid}_{start}"
 
     def marker(self, txid: str) -> str:
         return f"{self.tag}m{txid}"

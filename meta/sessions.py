@@ -8,8 +8,8 @@ import logging
 import os
 import time
 
-from .records import Tx, deref, distinct
-from .types import CHUNK_SIZE, PendingSlice, SessionInfo
+from .records import Tx, deref, distinct, stored
+from .types import PendingSlice, SessionInfo
 
 log = logging.getLogger("cachefs.meta")
 
@@ -45,7 +45,9 @@ class Sessions:
         if not self.sid:
             return
         if not self._session_put(self.sid, self.now(), self._session_info):
+            self.release_ranges()
             return
+        self._ranges_lost()
         log.error("session %d had been cleaned up by another client (this process was silent for "
                   "longer than the session timeout): registered it again", self.sid)
         kept = [ino for ino in list(self._sustaining) if self._keep_sustained(ino)]
@@ -81,6 +83,8 @@ class Sessions:
                 return True
 
             reclaimed += bool(self._txn(fn))
+        for start, _end in self._range_list(sid):  # the caller removed their uncommitted objects
+            self._range_drop(sid, start)
         self._session_del(sid)
         return reclaimed
 
@@ -88,15 +92,18 @@ class Sessions:
         """Sessions that stopped heartbeating for `timeout` seconds, by the engine's clock, are
         cleaned by any client; not by one that itself could not reach the engine within the
         last `timeout` seconds (the others' heartbeats could not reach it either)."""
+        cleaned = self.stale_sessions(timeout)
+        for sid in cleaned:
+            self.clean_session(sid)
+        return cleaned
+
+    def stale_sessions(self, timeout: float) -> list[int]:
+        """Other sessions silent for `timeout` seconds by the engine's clock (none while this
+        client has not been connected that long since an outage)."""
         if not self.retry.settled(timeout):
             return []
         cutoff = self.now() - timeout
-        cleaned = []
-        for s in self._session_list():
-            if s.sid != self.sid and s.heartbeat < cutoff:
-                self.clean_session(s.sid)
-                cleaned.append(s.sid)
-        return cleaned
+        return [s.sid for s in self._session_list() if s.sid != self.sid and s.heartbeat < cutoff]
 
     def close_session(self) -> None:
         if self.sid:
@@ -120,13 +127,15 @@ class Sessions:
         return self._delfiles(limit)
 
     def delete_file_data(self, ino: int, length: int) -> None:
-        """Move every slice of a deleted file to the trash, chunk by chunk."""
-        for indx in range((length + CHUNK_SIZE - 1) // CHUNK_SIZE):
+        """Move every slice of a deleted file to the trash, chunk by chunk (only the chunks
+        that hold data: a sparse file of any length costs what its data costs)."""
+        for indx in self.chunk_indexes(ino):
 
             def fn(tx: Tx, indx: int = indx) -> None:
                 slices = tx.get_slices(ino, indx)
                 if slices:
                     tx.set_slices(ino, indx, [])
+                    tx.add_usage(-stored(slices), 0)
                     deref(tx, distinct(slices))
 
             self._txn(fn)

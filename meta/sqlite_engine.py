@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from cachefs.errors import ConfigError, MetaError
@@ -37,9 +37,13 @@ CREATE TABLE IF NOT EXISTS trash(id INTEGER PRIMARY KEY, size INTEGER NOT NULL, 
 CREATE TABLE IF NOT EXISTS sliceref(id INTEGER PRIMARY KEY, extra INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pending(id INTEGER PRIMARY KEY, sid INTEGER NOT NULL, ino INTEGER NOT NULL,
                                    size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS slicerange(sid INTEGER, start INTEGER, end INTEGER NOT NULL,
+                                      PRIMARY KEY(sid, start)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sliceused(sid INTEGER, start INTEGER, id INTEGER,
+                                     PRIMARY KEY(sid, start, id)) WITHOUT ROWID;
 """
 TABLES = ["setting", "counter", "node", "edge", "chunk", "symlink", "xattr", "session", "sustained",
-          "delfile", "trash", "sliceref", "pending"]
+          "delfile", "trash", "sliceref", "pending", "slicerange", "sliceused"]
 
 
 class SqliteTx:
@@ -89,6 +93,9 @@ class SqliteTx:
         else:
             self.db.execute("DELETE FROM chunk WHERE ino=? AND indx=?", (ino, indx))
 
+    def chunk_indexes(self, ino: int) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT indx FROM chunk WHERE ino=? ORDER BY indx", (ino,))]
+
     def get_symlink(self, ino: int) -> bytes | None:
         row = self._one("SELECT target FROM symlink WHERE ino=?", ino)
         return bytes(row[0]) if row else None
@@ -137,6 +144,9 @@ class SqliteTx:
 
     def add_pending(self, slice_id: int, sid: int, ino: int, size: int) -> None:
         self.db.execute("INSERT OR REPLACE INTO pending VALUES(?,?,?,?)", (slice_id, sid, ino, size))
+
+    def add_used(self, sid: int, start: int, slice_id: int) -> None:
+        self.db.execute("INSERT OR IGNORE INTO sliceused VALUES(?,?,?)", (sid, start, slice_id))
 
 
 def _add_counter(db: sqlite3.Connection, name: str, n: int) -> int:
@@ -235,6 +245,10 @@ class SqliteMeta(BaseMeta):
 
         self._txn(fn)
 
+    def _all_chunks(self) -> Iterator[bytes]:
+        for (blob,) in self._db().execute("SELECT slices FROM chunk"):
+            yield bytes(blob)
+
     def _list_entries(self, ino: int) -> list[tuple[bytes, int, int]]:
         rows = self._db().execute("SELECT name, ino, type FROM edge WHERE parent=?", (ino,)).fetchall()
         return [(bytes(r[0]), r[1], r[2]) for r in rows]
@@ -292,6 +306,24 @@ class SqliteMeta(BaseMeta):
     def _pending_list(self) -> list[PendingSlice]:
         rows = self._db().execute("SELECT id, sid, ino, size FROM pending ORDER BY id").fetchall()
         return [PendingSlice(*r) for r in rows]
+
+    def _range_add(self, sid: int, start: int, end: int) -> None:
+        self._txn(lambda tx: tx.db.execute("INSERT OR REPLACE INTO slicerange VALUES(?,?,?)", (sid, start, end)))
+
+    def _range_list(self, sid: int) -> list[tuple[int, int]]:
+        rows = self._db().execute("SELECT start, end FROM slicerange WHERE sid=? ORDER BY start", (sid,))
+        return [(r[0], r[1]) for r in rows.fetchall()]
+
+    def _range_used(self, sid: int, start: int) -> set[int]:
+        rows = self._db().execute("SELECT id FROM sliceused WHERE sid=? AND start=?", (sid, start))
+        return {r[0] for r in rows.fetchall()}
+
+    def _range_drop(self, sid: int, start: int) -> None:
+        def fn(tx: SqliteTx) -> None:
+            tx.db.execute("DELETE FROM slicerange WHERE sid=? AND start=?", (sid, start))
+            tx.db.execute("DELETE FROM sliceused WHERE sid=? AND start=?", (sid, start))
+
+        self._txn(fn)
 
     def _pending_done(self, ids: list[int]) -> None:
         self._txn(lambda tx: tx.db.executemany("DELETE FROM pending WHERE id=?", [(i,) for i in ids]))

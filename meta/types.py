@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass, field
 
 CHUNK_SIZE = 64 << 20
+# 2: each file's chunks that hold data are indexed (Redis: {v}k<ino>), and statfs counts
+# allocated bytes; a volume of version 1 is brought up to date by its first mount
+META_VERSION = 2
 ROOT_INODE = 1
 
 # inode types, as stored (the S_IFMT bits are derived from them)
@@ -117,7 +120,7 @@ class Settings:
     region: str = ""
     block_size: int = 4 << 20
     compression: str = "none"
-    meta_version: int = 1
+    meta_version: int = META_VERSION
     extra: dict = field(default_factory=dict)
 
     SECRET_FIELDS = ("secret_key",)

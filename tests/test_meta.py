@@ -174,7 +174,10 @@ def test_fallocate(meta):
     f = mkfile(meta, ROOT_INODE, b"f")
     assert meta.fallocate(f, 0, 0, 1000).length == 1000
     assert meta.fallocate(f, 1, 0, 5000).length == 1000  # keep size
-    meta.fallocate(f, 3, 100, 50)  # punch hole
+    meta.fallocate(f, 3, 100, 50)  # punch hole where nothing is stored: nothing to record
+    assert meta.read_chunk(f, 0) == []
+    meta.write(f, [(0, Slice(0, meta.new_slice_id(), 1000, 0, 1000))])
+    meta.fallocate(f, 3, 100, 50)  # punch hole in data
     assert meta.read_chunk(f, 0)[-1] == Slice(100, 0, 0, 0, 50)
     assert err(meta.fallocate, f, 2, 0, 10) == errno.EINVAL  # punch without keep size
     assert err(meta.fallocate, f, 0x8, 0, 10) == errno.EOPNOTSUPP
@@ -391,3 +394,38 @@ def test_outage_waits_then_fails_with_eio_after_the_retry_timeout(tmp_path):
     assert r.call(flaky) == "ok"
     assert metrics.value("cachefs_meta_outage_seconds_total") > 0
     assert not r.settled(60) and r.settled(0)
+
+
+@pytest.mark.parametrize("offset", [1 << 50, 1 << 62])
+def test_sparse_file_costs_what_its_data_costs(meta, offset):
+    """One byte far out: truncate, fallocate, clone, listing the file's slices, unlink and the
+    deletion of its data each touch the chunks that hold data, not the 2^24+ chunks before."""
+    import time
+
+    def quick(fn, *args, **kw):
+        t0 = time.monotonic()
+        out = fn(*args, **kw)
+        assert time.monotonic() - t0 < 2.0, fn.__name__
+        return out
+
+    f = mkfile(meta, ROOT_INODE, b"sparse")
+    indx, pos = divmod(offset, CHUNK_SIZE)
+    head = Slice(0, meta.new_slice_id(), 10, 0, 10)
+    tail = Slice(pos, meta.new_slice_id(), 1, 0, 1)
+    assert quick(meta.write, f, [(0, head), (indx, tail)]).length == offset + 1
+    assert quick(meta.chunk_indexes, f) == [0, indx]
+    assert sorted(quick(meta.file_slices, f)) == sorted([(head.id, 10), (tail.id, 1)])
+    _, used, _, _ = meta.statfs()
+    assert used < 1 << 20  # allocated bytes, not the file's length
+    g, _ = quick(meta.clone, f, ROOT_INODE, b"copy", 0, 0)
+    assert quick(meta.chunk_indexes, g) == [0, indx]
+    quick(meta.fallocate, f, 3, 5, offset)  # punch everything but the first 5 bytes
+    quick(meta.setattr, f, length=offset // 2)  # drops the far chunk
+    assert quick(meta.chunk_indexes, f) == [0]
+    quick(meta.setattr, g, length=offset + offset // 2)  # grows: nothing to write
+    assert err(meta.setattr, g, length=1 << 63) == errno.EFBIG
+    meta.unlink(ROOT_INODE, b"copy")
+    for ino, length in meta.deleted_files():
+        quick(meta.delete_file_data, ino, length)
+    assert meta.chunk_indexes(g) == []
+    assert (tail.id, 1) in meta.trash_batch()

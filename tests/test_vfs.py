@@ -249,3 +249,22 @@ def test_nothing_to_flush_only_without_buffered_writes(vol):
     assert vol.vfs.nothing_to_flush(fh)
     vol.vfs.release(fh)
     assert not vol.vfs.nothing_to_flush(fh)  # unknown handle: the real flush answers EBADF
+
+
+def test_sparse_file_far_out_is_cheap_end_to_end(vol):
+    import time
+
+    fh, ino = create(vol, b"far")
+    t0 = time.monotonic()
+    vol.vfs.write(fh, 1 << 50, b"x")
+    vol.vfs.release(fh)
+    fh = vol.vfs.open(ino, os.O_RDWR)
+    assert vol.vfs.read(fh, (1 << 50) - 2, 10) == b"\0\0x"
+    assert vol.vfs.read(fh, 0, 4) == b"\0" * 4
+    vol.vfs.setattr(ino, length=1 << 40)
+    vol.vfs.release(fh)
+    vol.vfs.unlink(ROOT_INODE, b"far")
+    Background(vol.meta, vol.chunks, vol.compactions).run_once(trash_delay=0)
+    assert time.monotonic() - t0 < 5
+    assert vol.objects.objects == {}
+    assert vol.meta.statfs()[1] < 1 << 20

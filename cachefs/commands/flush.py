@@ -23,7 +23,10 @@ def flush_mount(mountpoint: str, timeout: float | None, final: bool = False) -> 
     request: dict = {"cmd": "flush", "final": final}
     if timeout is not None:
         request["timeout"] = timeout
-    return control(mountpoint, request)["pending"]
+    pending = control(mountpoint, request).get("pending")
+    if not isinstance(pending, list):
+        raise ConfigError(f"{mountpoint}: the mount process did not say what is pending")
+    return pending
 
 
 def run(a: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from cachefs.block import block_keys
-    from cachefs.meta.types import CHUNK_SIZE, TYPE_FILE
+    from cachefs.meta.types import TYPE_FILE
 
     for path in a.paths:
         try:
@@ -29,9 +29,9 @@ def run(a: argparse.Namespace) -> int:
         with opened(mount_of(path, need_meta=True)["meta_url"]) as (meta, settings):
             attr = meta.getattr(st.st_ino)
             print(f"{path}:\n  inode: {st.st_ino}\n  size: {attr.length}")
-            nchunks = (attr.length + CHUNK_SIZE - 1) // CHUNK_SIZE if attr.type == TYPE_FILE else 0
-            print(f"  chunks: {nchunks}")
-            for indx in range(nchunks):
+            indexes = meta.chunk_indexes(st.st_ino) if attr.type == TYPE_FILE else []
+            print(f"  chunks: {len(indexes)} holding data")
+            for indx in indexes:
                 slices = meta.read_chunk(st.st_ino, indx)
                 print(f"  chunk {indx}: {len(slices)} slices")
                 for s in slices:

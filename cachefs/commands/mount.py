@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cachefs import options
 
@@ -22,4 +23,13 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(a: argparse.Namespace) -> int:
     from cachefs.daemon import MountRequest, mount
 
+    if a.meta_url != "-" and _has_password(a.meta_url):
+        print("cachefs mount: warning: the password in META_URL shows in the process list (`ps`) to every "
+              "local user; give the URL as `-` with CACHEFS_META_URL in the environment, or the password "
+              "in META_PASSWORD (or a file named by META_PASSWORD_FILE)", file=sys.stderr)
     return mount(MountRequest(a.meta_url, a.mountpoint, options.from_args(a), a.fuse_options), a.background)
+
+
+def _has_password(url: str) -> bool:
+    cred = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
+    return bool(cred.partition(":")[2])

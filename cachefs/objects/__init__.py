@@ -6,7 +6,7 @@ from cachefs.errors import ConfigError
 from cachefs.meta.types import Settings
 from cachefs.metrics import Metrics
 
-from .base import RETRY_TIMEOUT, ObjectStore, Transient
+from .base import RETRY_TIMEOUT, ObjectInfo, ObjectStore, Transient
 
 
 def open_store(settings: Settings, metrics: Metrics, retry_timeout: float = RETRY_TIMEOUT) -> ObjectStore:
@@ -28,4 +28,4 @@ def open_store(settings: Settings, metrics: Metrics, retry_timeout: float = RETR
     raise ConfigError(f"unknown storage {settings.storage!r} (use file or s3)")
 
 
-__all__ = ["ObjectStore", "Transient", "open_store"]
+__all__ = ["ObjectInfo", "ObjectStore", "Transient", "open_store"]

@@ -6,12 +6,18 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from cachefs.errors import ObjectError, ObjectNotFound, ObjectUnavailable
 from cachefs.metrics import Metrics
 
 T = TypeVar("T")
+
+
+class ObjectInfo(NamedTuple):
+    key: str
+    size: int
+    mtime: float  # seconds since the epoch
 
 
 class Transient(Exception):
@@ -89,7 +95,12 @@ class ObjectStore(ABC):
         self._retry("delete", lambda: self._delete(key))
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        return self._list(prefix)
+        """(key, size) of every object under prefix."""
+        return ((e.key, e.size) for e in self._entries(prefix))
+
+    def entries(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under prefix, with its size and when it was written."""
+        return self._entries(prefix)
 
     @abstractmethod
     def _put(self, key: str, data: bytes) -> None: ...
@@ -103,7 +114,7 @@ class ObjectStore(ABC):
         """Remove the object; a missing object is not an error."""
 
     @abstractmethod
-    def _list(self, prefix: str) -> Iterator[tuple[str, int]]: ...
+    def _entries(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
     def check(self) -> None:
         """Fail fast with a clear error when the store is unusable (missing bucket, bad keys)."""

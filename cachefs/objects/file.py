@@ -7,10 +7,10 @@ import os
 from collections.abc import Iterator
 
 from cachefs.errors import ConfigError, ObjectError, ObjectNotFound
-from cachefs.fileutil import write_atomic
+from cachefs.fileutil import private_dirs, write_atomic
 from cachefs.metrics import Metrics
 
-from .base import RETRY_TIMEOUT, ObjectStore, Transient
+from .base import RETRY_TIMEOUT, ObjectInfo, ObjectStore, Transient
 
 
 class FileStore(ObjectStore):
@@ -55,7 +55,7 @@ class FileStore(ObjectStore):
         except OSError as e:
             raise Transient(str(e)) from None
 
-    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def _entries(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix else self.root
         start = base if os.path.isdir(base) else os.path.dirname(base)
         for dirpath, _dirs, files in os.walk(start):
@@ -64,9 +64,10 @@ class FileStore(ObjectStore):
                 key = os.path.relpath(full, self.root)
                 if key.startswith(prefix) and ".tmp." not in fn:
                     try:
-                        yield key, os.path.getsize(full)
+                        st = os.stat(full)
                     except FileNotFoundError:
                         continue
+                    yield ObjectInfo(key, st.st_size, st.st_mtime)
 
     def check(self) -> None:
         if not os.path.isdir(self.root):
@@ -76,6 +77,6 @@ class FileStore(ObjectStore):
 
     def create(self) -> None:
         try:
-            os.makedirs(self.root, exist_ok=True)
+            private_dirs(self.root)
         except OSError as e:
             raise ConfigError(f"cannot create storage directory {self.root}: {e.strerror}") from None

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 from cachefs.errors import ObjectNotFound
 from cachefs.metrics import Metrics
 
-from .base import RETRY_TIMEOUT, ObjectStore
+from .base import RETRY_TIMEOUT, ObjectInfo, ObjectStore
 
 # the buckets of this process: clients that open the same bucket share its objects (a test's
 # writer and reader), each counting its own requests
-_BUCKETS: dict[str, tuple[dict[str, bytes], threading.Lock]] = {}
+_BUCKETS: dict[str, tuple[dict[str, bytes], dict[str, float], threading.Lock]] = {}
 _BUCKETS_LOCK = threading.Lock()
 
 
@@ -23,13 +24,14 @@ class MemStore(ObjectStore):
         super().__init__(metrics, retry_timeout)
         if name:
             with _BUCKETS_LOCK:
-                self.objects, self._lock = _BUCKETS.setdefault(name, ({}, threading.Lock()))
+                self.objects, self.written, self._lock = _BUCKETS.setdefault(name, ({}, {}, threading.Lock()))
         else:
-            self.objects, self._lock = {}, threading.Lock()
+            self.objects, self.written, self._lock = {}, {}, threading.Lock()
 
     def _put(self, key: str, data: bytes) -> None:
         with self._lock:
             self.objects[key] = bytes(data)
+            self.written[key] = time.time()
 
     def _get(self, key: str) -> bytes:
         with self._lock:
@@ -42,7 +44,8 @@ class MemStore(ObjectStore):
         with self._lock:
             self.objects.pop(key, None)
 
-    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def _entries(self, prefix: str) -> Iterator[ObjectInfo]:
         with self._lock:
-            items = [(k, len(v)) for k, v in self.objects.items() if k.startswith(prefix)]
+            items = [ObjectInfo(k, len(v), self.written.get(k, 0.0)) for k, v in self.objects.items()
+                     if k.startswith(prefix)]
         yield from sorted(items)

@@ -14,7 +14,7 @@ from botocore.config import Config
 from cachefs.errors import ConfigError, ObjectError, ObjectNotFound, ObjectUnavailable
 from cachefs.metrics import Metrics
 
-from .base import RETRY_TIMEOUT, ObjectStore, Transient
+from .base import RETRY_TIMEOUT, ObjectInfo, ObjectStore, Transient
 from .s3_http import HTTPFailure, NoCredentials, SignedHTTP
 
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
@@ -72,7 +72,10 @@ class S3Store(ObjectStore):
                                         aws_secret_access_key=secret_key or None)
         kwargs = dict(endpoint_url=self.endpoint or None,
                       region_name=region or os.environ.get("AWS_REGION") or "us-east-1")
-        self.client = session.client("s3", config=config, **kwargs)
+        try:
+            self.client = session.client("s3", config=config, **kwargs)
+        except ValueError as e:  # botocore: "Invalid endpoint: ..."
+            raise ConfigError(f"bad S3 endpoint {self.endpoint!r}: {e}") from None
         # checks at format and mount time must answer within seconds, even from a stalled server
         self._quick = session.client("s3", config=config.merge(Config(read_timeout=5)), **kwargs)
         creds = session.get_credentials()
@@ -135,16 +138,16 @@ class S3Store(ObjectStore):
             if not isinstance(err, ObjectNotFound):
                 raise err from None
 
-    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def _entries(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every key under prefix; a page that fails transiently is asked again (from the last
         key seen) for up to the retry timeout."""
         last = ""
         while True:
             kw = {"Bucket": self.bucket, "Prefix": prefix, **({"StartAfter": last} if last else {})}
             page = self._retry("list", lambda kw=kw: self._list_page(kw))
-            for key, size in page["items"]:
-                yield key, size
-                last = key
+            for info in page["items"]:
+                yield info
+                last = info.key
             if not page["more"]:
                 return
 
@@ -153,7 +156,8 @@ class S3Store(ObjectStore):
             r = self.client.list_objects_v2(**kw)
         except Exception as e:
             raise self._fail(e) from None
-        return {"items": [(o["Key"], o["Size"]) for o in r.get("Contents", [])], "more": r.get("IsTruncated", False)}
+        items = [ObjectInfo(o["Key"], o["Size"], o["LastModified"].timestamp()) for o in r.get("Contents", [])]
+        return {"items": items, "more": r.get("IsTruncated", False)}
 
     def check(self) -> None:
         """Fail fast with a clear error when the bucket is missing or the keys are refused;
