@@ -1,9 +1,8 @@
 """Checkpoint benchmark: how long `torch.save` of a state dict blocks training, and how long
 until the checkpoint is durable in S3, on a local directory, cachefs write-through, cachefs
-write-back and JuiceFS --writeback, against one redis-server and S3 servers (moto) on loopback,
-started here: a fresh S3 server for each target and for the raw PUT throughput measured in the
-same run (moto keeps every object in memory and slows down as it fills, so a shared one would
-favour whichever target runs first).
+write-back and JuiceFS --writeback, against one redis-server and S3 servers on loopback started
+here (bench/s3server.py): a fresh one for each target and for the raw PUT throughput measured
+in the same run.
 
     python bench/checkpoint.py                        # 1 GiB, best of 2 (a few minutes)
     python bench/checkpoint.py --size 64 --repeat 1 --no-results   # smoke
@@ -30,9 +29,10 @@ from typing import TypeVar
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.compare import JUICEFS_VERSION, Cachefs, JuiceFS, MemFS, drop_caches, ensure_juicefs, make_bucket  # noqa: E402
 from bench.results import replace_section  # noqa: E402
-from tests.servers import RedisServer, S3Server, free_port  # noqa: E402
+from bench.s3server import KEY, SECRET, Gateway  # noqa: E402
+from bench.targets import JUICEFS_VERSION, Cachefs, JuiceFS, MemFS, drop_caches, ensure_juicefs  # noqa: E402
+from tests.servers import RedisServer, free_port  # noqa: E402
 
 T = TypeVar("T")
 
@@ -58,14 +58,15 @@ def state_dict(size: int):  # a dict of tensors (torch is imported only here)
     return {f"layers.{i}.weight": torch.randn(16 * MiB // 4, generator=g) for i in range(n)}
 
 
-def raw_put_throughput(endpoint: str, size: int, threads: int = 16) -> float:
+def raw_put_throughput(s3: Gateway, size: int, threads: int = 16) -> float:
     """MiB/s of parallel 4 MiB PUTs with boto3 against the same server: the upload ceiling."""
     import boto3
     from botocore.config import Config
 
     bucket = f"raw-{uuid.uuid4().hex[:8]}"
-    make_bucket(endpoint, bucket)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+    s3.make_bucket(bucket)
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", aws_access_key_id=KEY,
+                          aws_secret_access_key=SECRET,
                           config=Config(max_pool_connections=threads, s3={"addressing_style": "path"}))
     body = os.urandom(4 * MiB)
     count = max(1, size // (4 * MiB))
@@ -150,11 +151,11 @@ def timed_save(r: Result, sd: dict, path: str, durable: Callable[[], None] | Non
             r.uploading.append(end - max(t0, watch.first))
 
 
-def run_cachefs(name: str, sd: dict, work: str, meta_url: str, bucket: str, writeback: bool,
+def run_cachefs(name: str, sd: dict, work: str, meta_url: str, s3: Gateway, writeback: bool,
                 repeat: int, extra: list[str]) -> Result:
-    target = Cachefs(name, os.path.join(work, f"mnt-{name.replace(' ', '-')}"), meta_url, bucket, work,
+    target = Cachefs(name, os.path.join(work, f"mnt-{name.replace(' ', '-')}"), meta_url, work,
                      (["--writeback"] if writeback else []) + extra)
-    target.setup()
+    target.setup(s3)
     mp, r = target.mountpoint, Result(name)
 
     def put_bytes() -> float:
@@ -170,11 +171,11 @@ def run_cachefs(name: str, sd: dict, work: str, meta_url: str, bucket: str, writ
     return r
 
 
-def run_juicefs(sd: dict, work: str, meta_url: str, bucket: str, repeat: int) -> Result:
+def run_juicefs(sd: dict, work: str, meta_url: str, s3: Gateway, repeat: int) -> Result:
     port = free_port()
-    target = JuiceFS("JuiceFS --writeback", os.path.join(work, "mnt-juicefs"), meta_url, bucket, work,
+    target = JuiceFS("JuiceFS --writeback", os.path.join(work, "mnt-juicefs"), meta_url, work,
                      ["--writeback", "--metrics", f"127.0.0.1:{port}"])
-    target.setup()
+    target.setup(s3)
 
     def put_bytes() -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
@@ -233,16 +234,14 @@ def main() -> int:
     except ImportError:
         print("bench/checkpoint.py: needs PyTorch (pip install torch==2.13.0)", file=sys.stderr)
         return 1
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     size = a.size * MiB
     wanted = a.targets.split(",")
     work = tempfile.mkdtemp(prefix="cachefs-ckpt-")
     redis = RedisServer()
     results: list[Result] = []
 
-    def on_fresh_s3(fn: Callable[[S3Server], T]) -> T:
-        s3 = S3Server()
+    def on_fresh_s3(fn: Callable[[Gateway], T]) -> T:
+        s3 = Gateway()
         try:
             return fn(s3)
         finally:
@@ -251,7 +250,7 @@ def main() -> int:
     try:
         sd = state_dict(size)
         size = sum(t.numel() * t.element_size() for t in sd.values())
-        raw_put = on_fresh_s3(lambda s3: statistics.median(raw_put_throughput(s3.endpoint, size) for _ in range(2)))
+        raw_put = on_fresh_s3(lambda s3: statistics.median(raw_put_throughput(s3, size) for _ in range(2)))
         if "local" in wanted:
             local = os.path.join(work, "local")
             os.makedirs(local)
@@ -261,7 +260,7 @@ def main() -> int:
             results.append(r)
         if "memfs" in wanted:
             memfs = MemFS("Python FUSE ceiling", os.path.join(work, "mnt-memfs"))
-            memfs.setup()
+            memfs.setup(None)
             r = Result(memfs.name)
             try:
                 for i in range(a.repeat):
@@ -272,15 +271,14 @@ def main() -> int:
             results.append(r)
         if "cachefs" in wanted:
             results.append(on_fresh_s3(lambda s3: run_cachefs(
-                "cachefs write-through", sd, work, redis.url(1), s3.bucket_url("ckpt-wt"), False, a.repeat,
+                "cachefs write-through", sd, work, redis.url(1), s3, False, a.repeat,
                 a.cachefs_flags.split())))
         if "cachefs-wb" in wanted:
             results.append(on_fresh_s3(lambda s3: run_cachefs(
-                "cachefs write-back", sd, work, redis.url(2), s3.bucket_url("ckpt-wb"), True, a.repeat,
+                "cachefs write-back", sd, work, redis.url(2), s3, True, a.repeat,
                 a.cachefs_flags.split())))
         if "juicefs" in wanted and ensure_juicefs():
-            results.append(on_fresh_s3(lambda s3: run_juicefs(sd, work, redis.url(3), s3.bucket_url("ckpt-jfs"),
-                                                              a.repeat)))
+            results.append(on_fresh_s3(lambda s3: run_juicefs(sd, work, redis.url(3), s3, a.repeat)))
     finally:
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -302,10 +300,10 @@ def write_results(table: str, a: argparse.Namespace, size: int) -> None:
 
 Measured by `python bench/checkpoint.py --size {a.size} --repeat {a.repeat}` on {time.strftime('%Y-%m-%d')},
 all targets in one run: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},
-torch {torch.__version__}, cachefs {cachefs.__version__}, {juicefs}; one redis-server and a fresh moto S3
-server for each target on loopback; "Python FUSE ceiling" is `bench/memfs.py`, a pyfuse3 file system that keeps
-writes in memory and does nothing else. A state dict of {size / MiB:.0f} MiB (float32 tensors of 16 MiB) saved with
-`torch.save`, page cache dropped first; best of {a.repeat}. "returns" is how long training is blocked;
+torch {torch.__version__}, cachefs {cachefs.__version__}, {juicefs}; one redis-server and a fresh S3 server
+({Gateway.name}) for each target on loopback; "Python FUSE ceiling" is `bench/memfs.py`, a pyfuse3 file
+system that keeps writes in memory and does nothing else. A state dict of {size / MiB:.0f} MiB (float32 tensors
+of 16 MiB) saved with `torch.save`, page cache dropped first; best of {a.repeat}. "returns" is how long training is blocked;
 "durable" is until `cachefs flush` returns (cachefs write-back), until JuiceFS's rawstaging directory is
 empty (JuiceFS), or the return itself (write-through). "size / durable" counts from the start of the
 save; the "upload phase" runs from the first PUT (seen in the target's own metrics) to durable, and is
