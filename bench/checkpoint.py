@@ -303,7 +303,8 @@ all targets in one run: {os.cpu_count()} cores, {platform.platform()}, Python {p
 torch {torch.__version__}, cachefs {cachefs.__version__}, {juicefs}; one redis-server and a fresh S3 server
 ({Gateway.name}) for each target on loopback; "Python FUSE ceiling" is `bench/memfs.py`, a pyfuse3 file
 system that keeps writes in memory and does nothing else. A state dict of {size / MiB:.0f} MiB (float32 tensors
-of 16 MiB) saved with `torch.save`, page cache dropped first; best of {a.repeat}. "returns" is how long training is blocked;
+of 16 MiB) saved with `torch.save`, page cache dropped first; best of {a.repeat}. "returns" is how long training
+is blocked;
 "durable" is until `cachefs flush` returns (cachefs write-back), until JuiceFS's rawstaging directory is
 empty (JuiceFS), or the return itself (write-through). "size / durable" counts from the start of the
 save; the "upload phase" runs from the first PUT (seen in the target's own metrics) to durable, and is
