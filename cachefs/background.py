@@ -79,14 +79,17 @@ class Background:
                         log.info("cleaned up dead session %d: %d uncommitted object(s) removed, %d open "
                                  "but deleted file(s) reclaimed", sid, removed, reclaimed)
                     next_clean = now + self.heartbeat
-                self.run_once()
+                if self.run_once():
+                    continue  # more may be waiting: no pause while there is work
             except Exception as e:  # keep serving; the next round retries
                 log.warning("background job failed: %s", e)
             self._stop.wait(min(1.0, self.heartbeat))
 
-    def run_once(self, trash_delay: float | None = None) -> None:
-        """One round of every deletion and compaction job (the tests call it directly)."""
+    def run_once(self, trash_delay: float | None = None) -> int:
+        """One round of every deletion and compaction job, each in bounded batches (the tests
+        call it directly); how many items it handled."""
         delay = self.trash_delay if trash_delay is None else trash_delay
+        done = 0
         if self.compactions is not None:
             for ino, indx in self.compactions.take():
                 if self._stop.is_set():
@@ -95,8 +98,10 @@ class Background:
                     compact_chunk(self.meta, self.chunks, ino, indx)
                 except Exception as e:
                     log.warning("compaction of inode %d chunk %d failed: %s", ino, indx, e)
+                done += 1
         for ino, length in self.meta.deleted_files():
             self.meta.delete_file_data(ino, length)
+            done += 1
         while not self._stop.is_set():
             batch = self.meta.trash_batch(500, min_age=delay)
             if not batch:
@@ -108,5 +113,7 @@ class Background:
             # a slice still being uploaded by its writer waits in the trash, or its upload would
             # leave an object behind
             self.meta.trash_done(ready)
+            done += len(ready)
             if len(ready) < len(batch):
                 break
+        return done

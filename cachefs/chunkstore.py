@@ -124,11 +124,10 @@ class ChunkStore:
         length = sum(map(len, pieces))
         self._upload_slots.acquire()
         self._track_upload(1, length)
-        durability = self.durability.through if through else self.durability
 
         def run() -> None:
             try:
-                durability.store(slice_id, ino, index, length, encode_parts(pieces, self.compression), pieces)
+                self._store(slice_id, index, pieces, length, ino, through)
             finally:
                 self._track_upload(-1, -length)
                 self._upload_slots.release()
@@ -139,6 +138,23 @@ class ChunkStore:
             self._track_upload(-1, -length)
             self._upload_slots.release()
             raise
+
+    def _store(self, slice_id: int, index: int, pieces: list[Buffer], length: int, ino: int, through: bool) -> None:
+        durability = self.durability.through if through else self.durability
+        durability.store(slice_id, ino, index, length, encode_parts(pieces, self.compression), pieces)
+
+    def store_now(self, slice_id: int, index: int, data: Buffer | Sequence[Buffer], ino: int = 0,
+                  through: bool = False) -> None:
+        """Make one block safe in the calling thread (a small file's only block: its writer
+        waits for it anyway, and a hand-over to an upload thread and back costs more than the
+        request)."""
+        pieces = as_pieces(data)
+        length = sum(map(len, pieces))
+        self._track_upload(1, length)
+        try:
+            self._store(slice_id, index, pieces, length, ino, through)
+        finally:
+            self._track_upload(-1, -length)
 
     def writer(self, slice_id: int, ino: int = 0, through: bool = False) -> SliceWriter:
         """through=True writes through even in write-back mode (compaction: its commit is not
@@ -408,6 +424,16 @@ class SliceWriter:
 
     def finish(self) -> int:
         """Upload the tail and wait for every block; raises ObjectError if any upload failed."""
+        if self._fill and not self._futures and not self._next_index:  # the slice is one short block
+            parts, self._parts, self._fill = self._parts, [], 0
+            try:
+                self.cs.store_now(self.id, 0, parts, self.ino, self.through)
+            except ObjectError:
+                raise
+            except Exception as e:
+                raise ObjectError(f"upload of slice {self.id} failed: {e}") from e
+            self._next_index = 1
+            return self.length
         if self._fill:
             self._upload(self._parts)
             self._parts, self._fill = [], 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import struct
 import threading
 import zlib
@@ -28,6 +29,7 @@ from .metrics import Metrics
 MAGIC = b"CFC1"
 HEADER = struct.Struct("<4sII")  # magic, plain length, segment size
 SEGMENT = 64 << 10
+LATER_QUEUE = 64  # blocks waiting for the cache writer thread (put_later)
 
 log = logging.getLogger("cachefs.cache")
 _FATAL = {errno.EROFS, errno.EIO, errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENODEV, errno.EPERM}
@@ -82,6 +84,7 @@ class DiskCache:
         self._lock = threading.Lock()
         self._buffers = AlignedBuffers(8)  # direct I/O: at most 8 entries in flight, 8 reused buffers
         self._entries: OrderedDict[str, tuple[CacheDir, int]] = OrderedDict()  # LRU order
+        self._later: queue.Queue | None = None
         self.used = 0
         self.dirs: list[CacheDir] = []
         for d in dirs:
@@ -211,6 +214,27 @@ class DiskCache:
         self.metrics.cache_hit_bytes.inc(n)
         skip = offset - first * seg
         return data[skip : skip + n]
+
+    def put_later(self, key: str, plain: bytes) -> None:
+        """Keep a block, written by a thread of the cache's own: for blocks just written, whose
+        writer need not wait for their cache entry (best effort: dropped when that thread is
+        behind by LATER_QUEUE entries)."""
+        with self._lock:
+            if self._later is None:
+                self._later = queue.Queue(LATER_QUEUE)
+                threading.Thread(target=self._put_loop, name="cache-writer", daemon=True).start()
+        try:
+            self._later.put_nowait((key, bytes(plain)))
+        except queue.Full:
+            pass
+
+    def _put_loop(self) -> None:
+        while True:
+            key, plain = self._later.get()
+            try:
+                self.put(key, plain)
+            except Exception as e:  # a failing disk is dropped by put itself
+                log.warning("cache entry %s not written: %s", key, e)
 
     def put(self, key: str, plain: bytes) -> None:
         """Keep a (verified) block's plain bytes."""

@@ -69,7 +69,7 @@ class WriteThrough:
         key = self.key(slice_id, index, length)
         self.objects.put(key, b"".join(encoded))
         if self.cache is not None and (self.cache_large_write or length < self.block_size):
-            self.cache.put(key, b"".join(plain))
+            self.cache.put_later(key, b"".join(plain))
 
     def commit(self, ino: int, slice_ids: list[int], write: Commit) -> Attr:
         return write([])

@@ -1,5 +1,7 @@
-"""The FUSE shell: pyfuse3 handlers that send every blocking call to a bounded pool of worker
-threads and map our exceptions to errno. No file-system logic lives here."""
+"""The FUSE shell: pyfuse3 handlers that answer in the event loop what memory can answer without
+blocking (fresh cached attributes and entries, a release or flush with nothing to do), send every
+other call to a bounded pool of worker threads, and map our exceptions to errno. No file-system
+logic lives here."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class Operations(pyfuse3.Operations):
         self.latency = metrics.fuse_latency
         self.read_bytes = metrics.fuse_bytes.labels("read")
         self.write_bytes = metrics.fuse_bytes.labels("write")
+        self.fast = metrics.fuse_in_memory
         self._internal_fhs: set[int] = set()
         self._on_init = on_init
         self.dirs = DirectoryPlaces()
@@ -86,8 +89,26 @@ class Operations(pyfuse3.Operations):
     def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
         return Ctx(ctx.uid, ctx.gid, ctx.pid)
 
+    def _answered(self, op: str) -> None:
+        """A request answered from memory, in the event loop."""
+        self.fast.labels(op).inc()
+
     async def lookup(self, parent_inode, name, ctx):
-        ino, attr = await self._run("lookup", self.vfs.lookup, parent_inode, name)
+        hit = self.vfs.cached_lookup(parent_inode, name)
+        if hit is not None:
+            self._answered("lookup")
+            return self._entry(*hit)
+        try:
+            ino, attr = await self._run("lookup", self.vfs.lookup, parent_inode, name)
+        except pyfuse3.FUSEError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            # a negative entry the kernel keeps for the entry timeout (a create's lookup before
+            # it, a search path's misses): no second request for the same missing name
+            miss = pyfuse3.EntryAttributes()
+            miss.st_ino = 0
+            miss.entry_timeout = self.entry_timeout
+            return miss
         if attr.type == TYPE_DIR:
             stale = self.dirs.seen(ino, parent_inode, name)
             if stale is not None:  # moved by another node: the kernel's old entry goes first
@@ -97,6 +118,10 @@ class Operations(pyfuse3.Operations):
         return self._entry(ino, attr)
 
     async def getattr(self, inode, ctx):
+        attr = self.vfs.cached_getattr(inode)
+        if attr is not None:
+            self._answered("getattr")
+            return self._entry(inode, attr)
         return self._entry(inode, await self._run("getattr", self.vfs.getattr, inode))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -171,11 +196,15 @@ class Operations(pyfuse3.Operations):
 
     async def flush(self, fh):
         if self.vfs.nothing_to_flush(fh):
+            self._answered("flush")
             return
         await self._run("flush", self.vfs.flush, fh)
 
     async def release(self, fh):
         self._internal_fhs.discard(fh)
+        if self.vfs.release_in_memory(fh):
+            self._answered("release")
+            return
         await self._run("release", self.vfs.release, fh)
 
     async def fsync(self, fh, datasync):
@@ -218,6 +247,7 @@ class Operations(pyfuse3.Operations):
 
     async def getxattr(self, inode, name, ctx):
         if self.vfs.known_without(inode, name):  # asked before every write: no thread for it
+            self._answered("getxattr")
             raise pyfuse3.FUSEError(errno.ENODATA)
         return await self._run("getxattr", self.vfs.getxattr, inode, name)
 

@@ -48,6 +48,8 @@ class Metrics:
                                         ["op"], buckets=_LAT, registry=r)
         self.fuse_latency = Histogram("cachefs_fuse_op_seconds", "FUSE operation latency", ["op"],
                                       buckets=_LAT, registry=r)
+        self.fuse_in_memory = Counter("cachefs_fuse_in_memory", "FUSE requests answered from memory in the "
+                                      "event loop (no thread, no round trip)", ["op"], registry=r)
         self.fuse_bytes = Counter("cachefs_fuse_bytes", "Bytes read and written through FUSE", ["op"],
                                   registry=r)
         # (the exported name predates the split of "pending" into its meanings; dashboards use it)
@@ -64,6 +66,9 @@ class Metrics:
                                        ["source"], registry=r)
         self.meta_retries = Counter("cachefs_meta_retries", "Metadata requests tried again during an outage "
                                     "of the engine", registry=r)
+        self.meta_transactions = Counter("cachefs_meta_transactions", "Metadata transactions by how they "
+                                         "committed: one round trip on known values, or watched reads",
+                                         ["path"], registry=r)
         self.meta_outage_seconds = Counter("cachefs_meta_outage_seconds", "Seconds the metadata engine did not "
                                            "answer (outages ridden through)", registry=r)
         self.prefetches = Counter("cachefs_prefetch_blocks", "Blocks fetched ahead of sequential readers",

@@ -61,6 +61,9 @@ class Options:
     attr_cache: float = option(1.0, "kernel attribute cache", unit="s", minimum=0)
     entry_cache: float = option(1.0, "kernel file entry cache", unit="s", minimum=0)
     dir_entry_cache: float = option(1.0, "kernel directory entry cache", unit="s", minimum=0)
+    open_cache: float = option(0.0, "opens within this long of the file's last close here reuse the "
+                               "attributes and slices known then instead of asking the engine (relaxes "
+                               "close-to-open: for read-only datasets; 0: off)", unit="s", minimum=0)
     heartbeat: float = option(12.0, "session heartbeat interval", unit="s")
     session_timeout: float = option(60.0, "a session silent this long counts as dead and is cleaned up by "
                                     "any other client", unit="s")

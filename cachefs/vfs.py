@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
 
 from cachefs.meta import BaseMeta
 from cachefs.meta.types import TYPE_DIR, TYPE_FILE, Attr, type_from_mode
@@ -19,8 +21,10 @@ from .block import Buffer
 from .durability import Durability
 from .errors import FSError
 from .handles import ROOT_CTX, Ctx, FileState, Handle, OpenFiles
+from .metacache import MetaCache
 from .metrics import Metrics
 from .reader import Reader
+from .slices import resolve
 from .writer import Writer
 
 CAPS_XATTR = b"security.capability"
@@ -28,8 +32,8 @@ CAPS_XATTR = b"security.capability"
 
 class VFS:
     def __init__(self, meta: BaseMeta, files: OpenFiles, reader: Reader, writer: Writer,
-                 durability: Durability, control: internal.Control, metrics: Metrics,
-                 read_only: bool = False) -> None:
+                 durability: Durability, control: internal.Control, metrics: Metrics, cache: MetaCache,
+                 read_only: bool = False, open_cache: float = 0.0) -> None:
         self.meta = meta
         self.files = files
         self.reader = reader
@@ -37,8 +41,14 @@ class VFS:
         self.durability = durability
         self.control = control
         self.metrics = metrics
+        self.cache = cache
         self.read_only = read_only
+        # --open-cache: an open within this many seconds of the last close here reuses what that
+        # close knew (attributes, resolved chunks) instead of asking the engine (relaxes
+        # close-to-open for read-only datasets)
+        self.open_cache = open_cache
         self._seen: dict[int, tuple[int, int]] = {}  # ino -> (mtime, length) at its last close here
+        self._closed: dict[int, tuple[float, Attr, dict]] = {}  # ino -> (when, attr, segments) (open cache)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _writable(self) -> None:
@@ -74,12 +84,30 @@ class VFS:
             ino = internal.NAMES[name]
             return ino, internal.attr(ino)
         ino, attr = self.meta.lookup(parent, name)
+        self.cache.put_entry(parent, name, ino, attr)
         return ino, self._with_length(ino, attr)
 
     def getattr(self, ino: int) -> Attr:
         if internal.is_internal(ino):
             return internal.attr(ino)
-        return self._with_length(ino, self.meta.getattr(ino))
+        attr = self.meta.getattr(ino)
+        self.cache.put_attr(ino, attr)
+        return self._with_length(ino, attr)
+
+    # memory only, for the FUSE shell's event loop: None when the engine must be asked
+    def cached_lookup(self, parent: int, name: bytes) -> tuple[int, Attr] | None:
+        if internal.reserved(parent, name):
+            ino = internal.NAMES[name]
+            return ino, internal.attr(ino)
+        ino = self.cache.entry(parent, name)
+        attr = None if ino is None else self.cache.attr(ino)
+        return None if attr is None else (ino, self._with_length(ino, attr))
+
+    def cached_getattr(self, ino: int) -> Attr | None:
+        if internal.is_internal(ino):
+            return internal.attr(ino)
+        attr = self.cache.attr(ino)
+        return None if attr is None else self._with_length(ino, attr)
 
     def setattr(self, ino: int, ctx: Ctx = ROOT_CTX, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, atime: int | None = None, mtime: int | None = None,
@@ -158,7 +186,9 @@ class VFS:
             except FSError:
                 parent, pattr = h.ino, attr
             entries = [(b".", h.ino, attr), (b"..", parent, pattr)]
-            entries += [(n, i, self._with_length(i, a)) for n, i, a in self.meta.readdir(h.ino)]
+            for n, i, a in self.meta.readdir(h.ino):
+                self.cache.put_entry(h.ino, n, i, a)
+                entries.append((n, i, self._with_length(i, a)))
             h.entries = entries
         return h.entries[offset:]
 
@@ -178,7 +208,15 @@ class VFS:
         accmode = flags & os.O_ACCMODE
         if accmode != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
-        attr = self.meta.getattr(ino)
+        known = self._closed.get(ino) if self.open_cache > 0 and accmode == os.O_RDONLY else None
+        if known is not None and time.monotonic() - known[0] < self.open_cache:
+            attr, segments = known[1], known[2]
+        else:
+            # close-to-open: the engine's attributes now, and the first chunk's slices with
+            # them (one round trip), so a small file's first read asks nothing more
+            attr, first = self.meta.open_file(ino)
+            segments = {0: resolve(first)} if first is not None else {}
+            self.cache.put_attr(ino, attr)
         if attr.type == TYPE_DIR:
             raise FSError(errno.EISDIR)
         if attr.type != TYPE_FILE:
@@ -186,8 +224,9 @@ class VFS:
         fs = self.files.opened(ino, attr)
         with fs.lock:
             if not fs.buffered:
-                # close-to-open: what other clients committed before this open is visible now
+                # what other clients committed before this open is visible now
                 fs.refresh(attr)
+                fs.segments.update(segments)
         keep = self._seen.get(ino) == (attr.mtime, attr.length) and not flags & os.O_TRUNC
         fh = self.files.add_handle(ino, flags, state=fs, keep_cache=keep).fh
         if flags & os.O_TRUNC and attr.length:
@@ -285,10 +324,35 @@ class VFS:
             self._upload_error(fs.ino)
         finally:
             if self.files.closed(fs):
-                self.meta.close(fs.ino)
-                if len(self._seen) > 100_000:
-                    self._seen.clear()
-                self._seen[fs.ino] = fs.seen
+                self._last_close(fs)
+
+    def _last_close(self, fs: FileState) -> None:
+        self.meta.close(fs.ino)
+        if len(self._seen) > 100_000:
+            self._seen.clear()
+            self._closed.clear()
+        self._seen[fs.ino] = fs.seen
+        if self.open_cache > 0:
+            attr = self.cache.attr(fs.ino)
+            if attr is not None and (attr.mtime, attr.length) == fs.seen:
+                self._closed[fs.ino] = (time.monotonic(), attr, dict(fs.segments))
+
+    def release_in_memory(self, fh: int) -> bool:
+        """Release fh if that needs nothing but memory (nothing buffered, no failed upload to
+        report, no unlinked inode to reclaim): the FUSE shell answers it in the event loop."""
+        h = self.files.handles.get(fh)
+        if h is None or h.special is not None or h.state is None:
+            return False
+        fs = h.state
+        if fs.buffered or self.durability.error_of(fs.ino) is not None or self.meta.keeps_alive(fs.ino):
+            return False
+        self.files.handles.pop(fh, None)
+        if self.files.closed(fs):
+            if self.meta.keeps_alive(fs.ino):  # unlinked meanwhile: reclaiming it takes a transaction
+                threading.Thread(target=self._last_close, args=(fs,), daemon=True).start()
+            else:
+                self._last_close(fs)
+        return True
 
     # ---- the rest ----------------------------------------------------------------------------
     def statfs(self) -> tuple[int, int, int, int]:

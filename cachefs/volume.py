@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .fileutil import private_dirs
 from .handles import OpenFiles
 from .internal import Control
+from .metacache import MetaCache
 from .metrics import Metrics
 from .objects import ObjectStore, open_store
 from .options import Options
@@ -52,8 +53,9 @@ class Volume:
         o = self.options = options or Options()
         self.metrics = Metrics()
         self.files = OpenFiles()
+        self.metacache = MetaCache(o.attr_cache, o.entry_cache, o.dir_entry_cache)
         self.meta: BaseMeta = open_meta(meta_url, is_open=self.files.is_open, metrics=self.metrics,
-                                        retry_timeout=o.meta_retry_timeout)
+                                        retry_timeout=o.meta_retry_timeout, observer=self.metacache.apply)
         self.flushed_for_exit = False  # `cachefs umount` flushed: the exiting process need not
         try:
             self.settings: Settings = self.meta.load()
@@ -94,7 +96,7 @@ class Volume:
         self.reader = Reader(self.meta, self.chunks, self.compactions, self.writer.commit)
         self.control = Control(self.meta, self.chunks, self.flush)
         self.vfs = VFS(self.meta, self.files, self.reader, self.writer, self.durability, self.control,
-                       self.metrics, read_only=o.read_only)
+                       self.metrics, self.metacache, read_only=o.read_only, open_cache=o.open_cache)
         self.background = Background(self.meta, self.chunks, self.compactions, heartbeat=o.heartbeat,
                                      session_timeout=o.session_timeout, trash_delay=o.trash_delay)
 

@@ -15,6 +15,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cachefs.errors import ConfigError, FSError
@@ -33,14 +34,60 @@ TOTAL_SPACE = 1 << 50  # reported capacity: object stores have no fixed size
 TOTAL_INODES = 10 << 30
 
 
+@dataclass
+class Changes:
+    """What one committed transaction changed that a client may have cached."""
+
+    attrs: dict[int, Attr] = field(default_factory=dict)  # written: their new attributes
+    gone: set[int] = field(default_factory=set)  # inodes deleted
+    entries: dict[tuple[int, bytes], int] = field(default_factory=dict)  # (parent, name) -> inode
+    removed: set[tuple[int, bytes]] = field(default_factory=set)  # entries deleted
+
+    def __bool__(self) -> bool:
+        return bool(self.attrs or self.gone or self.entries or self.removed)
+
+
+class Recording:
+    """A Tx that notes the attributes and entries it writes."""
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+        self.changes = Changes()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._tx, name)
+
+    def set_attr(self, ino: int, attr: Attr) -> None:
+        self._tx.set_attr(ino, attr)
+        self.changes.attrs[ino] = attr.copy()
+        self.changes.gone.discard(ino)
+
+    def del_inode(self, ino: int) -> None:
+        self._tx.del_inode(ino)
+        self.changes.attrs.pop(ino, None)
+        self.changes.gone.add(ino)
+
+    def set_entry(self, parent: int, name: bytes, ino: int, typ: int) -> None:
+        self._tx.set_entry(parent, name, ino, typ)
+        self.changes.entries[(parent, name)] = ino
+        self.changes.removed.discard((parent, name))
+
+    def del_entry(self, parent: int, name: bytes) -> None:
+        self._tx.del_entry(parent, name)
+        self.changes.entries.pop((parent, name), None)
+        self.changes.removed.add((parent, name))
+
+
 class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
     """The metadata interface every layer above uses; engines subclass it."""
 
     name = "base"
     retry: Retry  # how this engine's operations ride through its outages (each engine makes one)
 
-    def __init__(self, is_open: Callable[[int], bool] | None = None) -> None:
+    def __init__(self, is_open: Callable[[int], bool] | None = None,
+                 observer: Callable[[Changes], None] | None = None) -> None:
         self.sid = 0
+        self.observer = observer  # told what each committed transaction changed
         # whether this client still has the inode open (its open files): unlink keeps such an
         # inode alive for the open handles instead of deleting it
         self.is_open: Callable[[int], bool] = is_open or (lambda ino: False)
@@ -52,8 +99,26 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
 
     # ---- engine hooks -------------------------------------------------------------------
     @abstractmethod
-    def _txn(self, fn: Callable[[Tx], T]) -> T:
+    def _engine_txn(self, fn: Callable[[Tx], T]) -> T:
         """Run fn atomically, retrying it on conflict with a concurrent client."""
+
+    def _txn(self, fn: Callable[[Tx], T]) -> T:
+        """fn as one transaction of the engine; what it changed in attributes and entries is
+        then told to the observer (the client's metadata cache), from the attempt that
+        committed."""
+        if self.observer is None:
+            return self._engine_txn(fn)
+        last: list[Recording] = []
+
+        def recorded(tx: Tx) -> T:
+            rec = Recording(tx)
+            last[:] = [rec]
+            return fn(rec)
+
+        result = self._engine_txn(recorded)
+        if last and last[0].changes:
+            self.observer(last[0].changes)
+        return result
 
     @abstractmethod
     def _read(self, fn: Callable[[Tx], T]) -> T:

@@ -29,6 +29,12 @@ class FileData:
     def read_chunk(self, ino: int, indx: int) -> list[Slice]:
         return self._read(lambda tx: tx.get_slices(ino, indx))
 
+    def open_file(self, ino: int) -> tuple[Attr, list[Slice] | None]:
+        """An inode's attributes and, for a file, its first chunk's slices (what an open needs
+        and a small file's first read): one round trip where the engine allows."""
+        attr = self.getattr(ino)
+        return attr, self.read_chunk(ino, 0) if attr.type == TYPE_FILE else None
+
     def chunk_indexes(self, ino: int) -> list[int]:
         """The chunks of ino that hold slice records, ascending."""
         return self._read(lambda tx: tx.chunk_indexes(ino))

@@ -14,7 +14,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import redis
@@ -22,193 +22,16 @@ import redis
 from cachefs.errors import ConfigError, FSError, MetaError
 from cachefs.metrics import Metrics
 
-from .engine import BaseMeta
+from .engine import BaseMeta, Changes
 from .redis_schema import ENTRY, VOLUME_POINTER, Keys
+from .redis_tx import CHECK_AND_APPLY, Hints, RedisTx
 from .redis_url import cluster_of, connect
 from .redis_url import parse as parse_url
 from .retry import Outage, Retry
-from .types import Attr, PendingSlice, SessionInfo, Settings, Slice
+from .types import TYPE_FILE, Attr, PendingSlice, SessionInfo, Settings, Slice
 
 T = TypeVar("T")
 log = logging.getLogger("cachefs.meta")
-
-
-class RedisTx:
-    def __init__(self, conn: Any, keys: Keys, watch: bool) -> None:
-        self.c = conn
-        self.k = keys
-        self.watch = watch
-        self.watched: set[str] = set()
-        self.ops: list[Callable[[Any], Any]] = []
-        self.local: dict[Any, Any] = {}
-        self.appended: dict[str, bytes] = {}
-
-    def _w(self, key: str) -> None:
-        if self.watch and key not in self.watched:
-            self.c.watch(key)
-            self.watched.add(key)
-
-    def _get(self, key: str) -> bytes | None:
-        if key in self.local:
-            return self.local[key]
-        self._w(key)
-        return self.c.get(key)
-
-    def _hget(self, key: str, field: bytes) -> bytes | None:
-        if (key, field) in self.local:
-            return self.local[(key, field)]
-        self._w(key)
-        return self.c.hget(key, field)
-
-    def _op(self, fn: Callable[[Any], Any]) -> None:
-        if not self.watch:
-            raise RuntimeError("write in a read-only Redis transaction")
-        self.ops.append(fn)
-
-    def _set(self, key: str, value: bytes) -> None:
-        self.local[key] = value
-        self.appended.pop(key, None)
-        self._op(lambda p: p.set(key, value))
-
-    def _delete(self, *keys: str) -> None:
-        for key in keys:
-            self.local[key] = None
-            self.appended.pop(key, None)
-        self._op(lambda p: p.delete(*keys))
-
-    def get_attr(self, ino: int) -> Attr | None:
-        data = self._get(self.k.attr(ino))
-        return Attr.unpack(data) if data else None
-
-    def set_attr(self, ino: int, attr: Attr) -> None:
-        self._set(self.k.attr(ino), attr.pack())
-
-    def del_inode(self, ino: int) -> None:
-        self._delete(self.k.attr(ino), self.k.symlink(ino), self.k.xattr(ino))
-
-    def get_entry(self, parent: int, name: bytes) -> tuple[int, int] | None:
-        data = self._hget(self.k.dir(parent), name)
-        return ENTRY.unpack(data) if data else None
-
-    def set_entry(self, parent: int, name: bytes, ino: int, typ: int) -> None:
-        key, value = self.k.dir(parent), ENTRY.pack(ino, typ)
-        self.local[(key, name)] = value
-        self._op(lambda p: p.hset(key, name, value))
-
-    def del_entry(self, parent: int, name: bytes) -> None:
-        key = self.k.dir(parent)
-        self.local[(key, name)] = None
-        self._op(lambda p: p.hdel(key, name))
-
-    def has_entries(self, ino: int) -> bool:
-        key = self.k.dir(ino)
-        self._w(key)
-        return bool(self.c.hlen(key))
-
-    def get_slices(self, ino: int, indx: int) -> list[Slice]:
-        key = self.k.chunk(ino, indx)
-        data = (self._get(key) or b"") + self.appended.get(key, b"")
-        return Slice.unpack_many(data)
-
-    def append_slices(self, ino: int, indx: int, slices: list[Slice]) -> None:
-        key = self.k.chunk(ino, indx)
-        blob = b"".join(s.pack() for s in slices)
-        if key in self.local:
-            self.local[key] = (self.local[key] or b"") + blob
-        else:
-            self.appended[key] = self.appended.get(key, b"") + blob
-        self._op(lambda p: p.append(key, blob))
-        self._indexed(ino, indx, True)
-
-    def set_slices(self, ino: int, indx: int, slices: list[Slice]) -> None:
-        key = self.k.chunk(ino, indx)
-        if slices:
-            self._set(key, b"".join(s.pack() for s in slices))
-        else:
-            self._delete(key)
-        self._indexed(ino, indx, bool(slices))
-
-    def _indexed(self, ino: int, indx: int, present: bool) -> None:
-        key = self.k.chunk_index(ino)
-        self.local[(key, indx)] = present
-        self._op(lambda p: p.sadd(key, indx) if present else p.srem(key, indx))
-
-    def chunk_indexes(self, ino: int) -> list[int]:
-        key = self.k.chunk_index(ino)
-        self._w(key)
-        found = {int(i) for i in self.c.smembers(key)}
-        for item, present in self.local.items():
-            if isinstance(item, tuple) and item[0] == key:
-                (found.add if present else found.discard)(item[1])
-        return sorted(found)
-
-    def get_symlink(self, ino: int) -> bytes | None:
-        return self._get(self.k.symlink(ino))
-
-    def set_symlink(self, ino: int, target: bytes) -> None:
-        self._set(self.k.symlink(ino), target)
-
-    def get_xattr(self, ino: int, name: bytes) -> bytes | None:
-        return self._hget(self.k.xattr(ino), name)
-
-    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
-        key = self.k.xattr(ino)
-        self.local[(key, name)] = value
-        self._op(lambda p: p.hset(key, name, value))
-
-    def del_xattr(self, ino: int, name: bytes) -> None:
-        key = self.k.xattr(ino)
-        self.local[(key, name)] = None
-        self._op(lambda p: p.hdel(key, name))
-
-    def add_usage(self, space: int, inodes: int) -> None:
-        if space:
-            self._op(lambda p: p.incrby(self.k.counter("usedSpace"), space))
-        if inodes:
-            self._op(lambda p: p.incrby(self.k.counter("totalInodes"), inodes))
-
-    def add_delfile(self, ino: int, length: int) -> None:
-        self._op(lambda p: p.zadd(self.k.delfiles(), {f"{ino}:{length}": time.time()}))
-
-    def add_trash(self, slices: Iterable[tuple[int, int]]) -> None:
-        now = time.time()
-        members = {f"{i}:{s}": now for i, s in slices}
-        if members:
-            self._op(lambda p: p.zadd(self.k.trash(), members, nx=True))
-
-    def get_refs(self, ids: list[int]) -> dict[int, int]:
-        key = self.k.slice_refs()
-        out = {}
-        missing = [i for i in ids if (key, i) not in self.local]
-        if missing:
-            self._w(key)
-            for i, v in zip(missing, self.c.hmget(key, missing), strict=True):
-                if v:
-                    out[i] = int(v)
-        for i in ids:
-            if (key, i) in self.local and self.local[(key, i)]:
-                out[i] = self.local[(key, i)]
-        return out
-
-    def set_ref(self, sid: int, extra: int) -> None:
-        key = self.k.slice_refs()
-        self.local[(key, sid)] = extra
-        if extra > 0:
-            self._op(lambda p: p.hset(key, sid, extra))
-        else:
-            self._op(lambda p: p.hdel(key, sid))
-
-    def add_sustained(self, sid: int, ino: int) -> None:
-        self._op(lambda p: p.sadd(self.k.sustained(sid), ino))
-
-    def del_sustained(self, sid: int, ino: int) -> None:
-        self._op(lambda p: p.srem(self.k.sustained(sid), ino))
-
-    def add_pending(self, slice_id: int, sid: int, ino: int, size: int) -> None:
-        self._op(lambda p: p.hset(self.k.pending(), slice_id, f"{sid}:{ino}:{size}"))
-
-    def add_used(self, sid: int, start: int, slice_id: int) -> None:
-        self._op(lambda p: p.sadd(self.k.used(sid, start), slice_id))
 
 
 # One round trip for the commonest metadata request: the entry and the attributes it points to
@@ -261,8 +84,8 @@ class RedisMeta(BaseMeta):
     name = "redis"
 
     def __init__(self, url: str, is_open: Callable[[int], bool] | None = None, metrics: Metrics | None = None,
-                 retry_timeout: float = 60.0) -> None:
-        super().__init__(is_open)
+                 retry_timeout: float = 60.0, observer: Callable[[Changes], None] | None = None) -> None:
+        super().__init__(is_open, observer)
         u = parse_url(url)
         self.where = u.where
         # a password may come from the environment or a file instead of the URL (then `ps`
@@ -283,6 +106,7 @@ class RedisMeta(BaseMeta):
             raise MetaError(f"{self.where}: {e}") from None
         self.cluster = not isinstance(self.r, redis.Redis)
         self.retry = Retry(self.where, retry_timeout, metrics)
+        self.metrics = metrics
         # behind Sentinel a commit is acknowledged only once a replica has it too (Redis
         # replicates asynchronously: a master killed right after answering would lose it in the
         # failover); how many replicas to wait for is looked up again now and then
@@ -290,14 +114,36 @@ class RedisMeta(BaseMeta):
         self._replicas, self._replicas_checked = 0, 0.0
         self.k = Keys(name.decode() if name else "unformatted")
         self._lookup = self.r.register_script(LOOKUP_SCRIPT)
+        self._check_and_apply = self.r.register_script(CHECK_AND_APPLY)
+        self.hints = Hints()
 
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
         if name in (b".", b"..") or len(name) > 255:
             return super().lookup(parent, name)
         found = self._call(lambda: self._lookup(keys=[self.k.dir(parent)], args=[name, self.k.attr(0)[:-1]]))
         if not found or not found[1]:
+            if not found:
+                self.hints.put((self.k.dir(parent), name), None)  # a create follows, often
             raise FSError(errno.ENOENT)
-        return ENTRY.unpack(found[0])[0], Attr.unpack(found[1])
+        ino = ENTRY.unpack(found[0])[0]
+        self.hints.put((self.k.dir(parent), name), found[0])
+        self.hints.put(self.k.attr(ino), found[1])
+        return ino, Attr.unpack(found[1])
+
+    def open_file(self, ino: int) -> tuple[Attr, list[Slice] | None]:
+        def fn() -> list:
+            with self.r.pipeline(transaction=False) as p:
+                p.get(self.k.attr(ino))
+                p.get(self.k.chunk(ino, 0))
+                return p.execute()
+
+        data, chunk = self._call(fn)
+        if not data:
+            raise FSError(errno.ENOENT)
+        self.hints.put(self.k.attr(ino), data)
+        self.hints.put(self.k.chunk(ino, 0), chunk)
+        attr = Attr.unpack(data)
+        return attr, Slice.unpack_many(chunk or b"") if attr.type == TYPE_FILE else None
 
     def _check_eviction(self) -> None:
         try:
@@ -325,7 +171,7 @@ class RedisMeta(BaseMeta):
     def _call(self, fn: Callable[[], T]) -> T:
         return self.retry.call(lambda: self._attempt(fn))
 
-    def _txn(self, fn: Callable[[RedisTx], T]) -> T:
+    def _engine_txn(self, fn: Callable[[RedisTx], T]) -> T:
         """fn as one WATCH/MULTI/EXEC transaction, retried whole on a conflict and through an
         outage. A commit whose answer was lost (the connection dropped during EXEC) may have
         been applied: each commit also sets a marker key of its own, so the retry asks the
@@ -334,25 +180,57 @@ class RedisMeta(BaseMeta):
         marker = self.k.marker(uuid.uuid4().hex)
         sent: list = [_UNSET]  # the result of a commit whose EXEC went out unanswered
 
+        def blind() -> Any:
+            """One round trip: the function on hinted values, its writes sent with those values
+            as conditions (meta/redis_tx.py); _UNSET when it needs a real read, failed on a hint
+            (its error must be checked against the truth) or met other values."""
+            tx = RedisTx(None, self.k, "blind", self.hints)
+            try:
+                result = fn(tx)
+            except Exception:  # NeedRead, or an error a stale hint may have caused
+                self._count("watched")
+                return _UNSET
+            if not tx.ops:
+                self._count("watched")
+                return _UNSET
+            tx._op("SET", marker, 1, "EX", MARKER_TTL)
+            keys, argv = tx.script_args()
+            sent[0] = result
+            if self._check_and_apply(keys=keys, args=argv):
+                tx.remember()
+                self._count("one round trip")
+                return result
+            sent[0] = _UNSET
+            tx.forget()
+            self._count("stale hints")
+            return _UNSET
+
         def attempt() -> T:
             if sent[0] is not _UNSET:
                 if self.r.exists(marker):
                     return sent[0]
                 sent[0] = _UNSET
+            result = blind()
+            if result is not _UNSET:
+                if self._replicated:
+                    self._wait_replicas()
+                return result
             conflicts, started = 0, time.monotonic()
             while True:
                 try:
                     with self.r.pipeline(transaction=True) as pipe:
-                        tx = RedisTx(pipe, self.k, watch=True)
+                        tx = RedisTx(pipe, self.k, "watch", self.hints)
                         result = fn(tx)
                         if not tx.ops:
+                            tx.remember()
                             return result
                         pipe.multi()
                         for op in tx.ops:
-                            op(pipe)
+                            pipe.execute_command(*op)
                         pipe.set(marker, 1, ex=MARKER_TTL)
                         sent[0] = result
                         pipe.execute()
+                    tx.remember()
                     if self._replicated:
                         self._wait_replicas()
                     return result
@@ -367,6 +245,10 @@ class RedisMeta(BaseMeta):
 
         return self._call(attempt)
 
+    def _count(self, path: str) -> None:
+        if self.metrics is not None:
+            self.metrics.meta_transactions.labels(path).inc()
+
     def _wait_replicas(self) -> None:
         """Wait (a bounded time) until a replica has every write so far (Sentinel setups)."""
         now = time.monotonic()
@@ -378,7 +260,13 @@ class RedisMeta(BaseMeta):
             log.warning("%s: no replica acknowledged a commit within %d ms", self.where, REPLICA_WAIT_MS)
 
     def _read(self, fn: Callable[[RedisTx], T]) -> T:
-        return self._call(lambda: fn(RedisTx(self.r, self.k, watch=False)))
+        def attempt() -> T:
+            tx = RedisTx(self.r, self.k, "read", self.hints)
+            result = fn(tx)
+            tx.remember()
+            return result
+
+        return self._call(attempt)
 
     def now(self) -> float:
         """The engine's clock (every client judges heartbeats by it)."""

@@ -31,6 +31,10 @@ class Sessions:
 
         self._txn(fn)
 
+    def keeps_alive(self, ino: int) -> bool:
+        """Whether this client keeps the (unlinked) inode alive for its open handles."""
+        return ino in self._sustaining
+
     def new_session(self, info: dict) -> int:
         self.sid = self._incr("nextSession", 1)
         info = dict(info, pid=os.getpid(), started=time.time())

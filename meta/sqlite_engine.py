@@ -13,7 +13,7 @@ from typing import TypeVar
 from cachefs.errors import ConfigError, MetaError
 from cachefs.metrics import Metrics
 
-from .engine import BaseMeta
+from .engine import BaseMeta, Changes
 from .retry import Retry
 from .types import Attr, PendingSlice, SessionInfo, Settings, Slice
 
@@ -161,8 +161,8 @@ class SqliteMeta(BaseMeta):
     name = "sqlite3"
 
     def __init__(self, path: str, is_open: Callable[[int], bool] | None = None, metrics: Metrics | None = None,
-                 retry_timeout: float = 60.0) -> None:
-        super().__init__(is_open)
+                 retry_timeout: float = 60.0, observer: Callable[[Changes], None] | None = None) -> None:
+        super().__init__(is_open, observer)
         # a local file has no outages to ride through (a busy writer is waited for by SQLite's
         # own busy timeout); the retry policy is kept for its bookkeeping
         self.retry = Retry(f"SQLite {path}", retry_timeout, metrics)
@@ -209,7 +209,7 @@ class SqliteMeta(BaseMeta):
             else:
                 self.db.execute("ROLLBACK")
 
-    def _txn(self, fn: Callable[[SqliteTx], T]) -> T:
+    def _engine_txn(self, fn: Callable[[SqliteTx], T]) -> T:
         db = self._db()
         try:
             with self._lock_write(db):
