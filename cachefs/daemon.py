@@ -243,6 +243,7 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
             except (OSError, ValueError) as e:
                 return fail(f"cannot serve metrics on {o.metrics}: {e}")
         vol.background.start()
+        ops.hop.start()  # ready for the first request: no thread starts on its path
         _write_state(req)
         log.info("mounted volume %s at %s (session %d)", vol.settings.name, req.mountpoint, vol.meta.sid)
         if notify:

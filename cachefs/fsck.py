@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from cachefs.meta import BaseMeta
 from cachefs.meta.types import ROOT_INODE, TYPE_DIR, TYPE_FILE
 
-from .block import HEADER, block_keys, decode_block
+from .block import HEADER, block_keys, decode_block, stored_sizes
 from .errors import CachefsError
 from .objects import ObjectStore
 
@@ -37,10 +37,10 @@ class Report:
 
 def stored_size_ok(size: int, length: int, compression: str) -> bool:
     """Whether an object of `size` bytes can be the stored form of a block of `length` plain
-    bytes (a header, then the payload: as is, or lz4-compressed when that was smaller)."""
-    if compression == "lz4":
-        return HEADER.size < size <= HEADER.size + length
-    return size == HEADER.size + length
+    bytes (block.py: CFB2 or CFB1 as is, or CFB1 lz4-compressed when that was smaller)."""
+    if size in stored_sizes(length):
+        return True
+    return compression == "lz4" and HEADER.size < size <= HEADER.size + length
 
 
 def check(meta: BaseMeta, objects: ObjectStore, volume: str, block_size: int, compression: str = "none",

@@ -97,7 +97,7 @@ class Operations(pyfuse3.Operations):
         hit = self.vfs.cached_lookup(parent_inode, name)
         if hit is not None:
             self._answered("lookup")
-            return self._entry(*hit)
+            return await self._entry_at(parent_inode, name, *hit)
         try:
             ino, attr = await self._run("lookup", self.vfs.lookup, parent_inode, name)
         except pyfuse3.FUSEError as e:
@@ -109,11 +109,16 @@ class Operations(pyfuse3.Operations):
             miss.st_ino = 0
             miss.entry_timeout = self.entry_timeout
             return miss
+        return await self._entry_at(parent_inode, name, ino, attr)
+
+    async def _entry_at(self, parent: int, name: bytes, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
+        """The reply naming ino at parent/name; a directory another node moved here is dropped
+        from the kernel's cache under its old name first (kernelcache.py)."""
         if attr.type == TYPE_DIR:
-            stale = self.dirs.seen(ino, parent_inode, name)
-            if stale is not None:  # moved by another node: the kernel's old entry goes first
+            stale = self.dirs.seen(ino, parent, name)
+            if stale is not None:
                 await self.hop.run(functools.partial(self.dirs.drop, ino, *stale))
-            if self.dirs.dropping(ino):  # (kernelcache.py)
+            if self.dirs.dropping(ino):
                 raise pyfuse3.FUSEError(errno.ENOENT)
         return self._entry(ino, attr)
 

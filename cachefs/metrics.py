@@ -71,6 +71,8 @@ class Metrics:
                                          ["path"], registry=r)
         self.meta_outage_seconds = Counter("cachefs_meta_outage_seconds", "Seconds the metadata engine did not "
                                            "answer (outages ridden through)", registry=r)
+        self.range_reads = Counter("cachefs_ranged_reads", "Small random reads of cold blocks answered by "
+                                   "ranged GETs of the segments they need", registry=r)
         self.prefetches = Counter("cachefs_prefetch_blocks", "Blocks fetched ahead of sequential readers",
                                   registry=r)
 

@@ -63,14 +63,15 @@ class Reader:
         # the fetches run without the file's lock, so the kernel's parallel reads overlap
         for attempt in (0, 1):
             try:
-                return self._fetch(fs, pieces, n, refresh=attempt > 0)
+                return self._fetch(fs, pieces, n, refresh=attempt > 0, random=h.window == 0)
             except ObjectNotFound:
                 # a compaction may have retired the slices we resolved: resolve the chunks again
                 if attempt:
                     raise FSError(errno.EIO, "block missing from the object store") from None
         raise AssertionError("unreachable")
 
-    def _fetch(self, fs: FileState, pieces: list[tuple[int, int, int, int]], n: int, refresh: bool) -> Buffer:
+    def _fetch(self, fs: FileState, pieces: list[tuple[int, int, int, int]], n: int, refresh: bool,
+               random: bool = False) -> Buffer:
         parts = []
         for indx, cpos, m, at in pieces:
             if refresh:
@@ -85,12 +86,12 @@ class Reader:
         if len(parts) == 1 and len(parts[0][3]) == 1:
             cpos, m, _at, (g,) = parts[0]
             if g.pos == cpos and g.len == m:  # one slice covers the whole answer
-                return self.chunks.read(g.id, g.size, g.off, g.len)
+                return self.chunks.read(g.id, g.size, g.off, g.len, random)
         out = bytearray(n)
         for cpos, _m, at, segs in parts:
             for g in segs:
                 start = at + g.pos - cpos
-                out[start : start + g.len] = self.chunks.read(g.id, g.size, g.off, g.len)
+                out[start : start + g.len] = self.chunks.read(g.id, g.size, g.off, g.len, random)
         return out
 
     def _readahead(self, h: Handle, fs: FileState, offset: int, end: int) -> None:

@@ -121,6 +121,9 @@ class Staging:
         finally:
             os.close(fd)
 
+    def has(self, slice_id: int, index: int, length: int) -> bool:
+        return (slice_id, index, length) in self._sizes
+
     def get(self, slice_id: int, index: int, length: int) -> bytes | None:
         if (slice_id, index, length) not in self._sizes:
             return None

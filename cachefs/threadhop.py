@@ -34,9 +34,12 @@ class ThreadHop:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Start the threads (else the first call does): a process that forks (--background)
+        must not carry them across the fork, so the mount starts them once it is ready."""
+        self._start()
+
     def _start(self) -> None:
-        # threads start with the first call, so that a process that forks first (--background)
-        # never carries them across the fork
         with self._lock:
             if self._threads:
                 return

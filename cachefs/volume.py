@@ -90,7 +90,8 @@ class Volume:
                                  buffer_bytes=max(o.buffer_size, s.block_size * 4), cache=self.cache,
                                  staging=staging if o.writeback else None,
                                  pending_slice_ids=lambda: {p.id for p in self.meta.pending_slices()},
-                                 pending_timeout=o.pending_timeout)
+                                 pending_timeout=o.pending_timeout,
+                                 ranged_reads=s.block_format >= 2 and s.compression == "none")
         self.compactions = CompactionQueue()
         self.writer = Writer(self.meta, self.chunks, self.durability, self.compactions)
         self.reader = Reader(self.meta, self.chunks, self.compactions, self.writer.commit)

@@ -121,6 +121,7 @@ class Settings:
     block_size: int = 4 << 20
     compression: str = "none"
     meta_version: int = META_VERSION
+    block_format: int = 1  # 2: uncompressed blocks are CFB2 (per-segment checksums: ranged reads)
     extra: dict = field(default_factory=dict)
 
     SECRET_FIELDS = ("secret_key",)

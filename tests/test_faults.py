@@ -121,9 +121,11 @@ def test_object_store_stall_during_write_through_costs_its_length(volumes, mount
 
 def test_mount_starts_through_a_flaky_object_store(volumes, mounts, proxied_s3):
     url = _s3_volume(volumes, proxied_s3)
-    proxied_s3.set(Fault("error", 0.3))
-    for _ in range(6):
+    proxied_s3.set(Fault("error", 0.5))
+    for i in range(8):
         mp = mounts.mount(url, *FAST)
+        with open(os.path.join(mp, f"f{i}"), "wb") as f:  # a PUT too: more requests to fault
+            f.write(b"x" * 1000)
         mounts.umount(mp)
     assert proxied_s3.faulted("error") > 0
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cachefs.block import block_key, block_lengths, decode_block, encode_block
+from cachefs.block import SEGMENT, block_key, block_lengths, decode_block, encode_block, stored_sizes, verify_segments
 from cachefs.errors import ChecksumError, ConfigError
 from cachefs.meta import open_meta, redact_url
 from cachefs.meta.types import Attr, Slice
@@ -71,7 +71,7 @@ def test_block_roundtrip_and_corruption(compression):
 
 def test_incompressible_block_stored_plain():
     plain = random.Random(1).randbytes(5000)
-    assert len(encode_block(plain, "lz4")) == len(plain) + 20
+    assert len(encode_block(plain, "lz4")) == stored_sizes(len(plain))[1]  # CFB2: header, a checksum per segment
 
 
 def test_attr_roundtrip():
@@ -127,3 +127,24 @@ def test_redis_urls():
         with pytest.raises(ConfigError, match=why) as e:
             parse(bad)
         assert "pw" not in str(e.value)
+
+
+def test_cfb2_segments_verify_alone():
+    """A CFB2 block's segments can be checked one by one (what ranged reads rely on)."""
+    plain = random.Random(2).randbytes(3 * SEGMENT + 100)
+    data = encode_block(plain, "none")
+    head = len(data) - len(plain)
+    assert decode_block(data, len(plain)) == plain
+    assert bytes(verify_segments(data[:head], data[head + SEGMENT : head + 2 * SEGMENT], 1, "b", 1)) == \
+        plain[SEGMENT : 2 * SEGMENT]
+    assert bytes(verify_segments(data[:head], data[head + 3 * SEGMENT :], 3, "b")) == plain[3 * SEGMENT :]
+    bad = bytearray(data)
+    bad[head + SEGMENT + 7] ^= 1
+    with pytest.raises(ChecksumError):
+        verify_segments(bytes(bad[:head]), bytes(bad[head + SEGMENT : head + 2 * SEGMENT]), 1, "b", 1)
+    with pytest.raises(ChecksumError):  # a short body, even one cut at a segment's end
+        verify_segments(data[:head], data[head + SEGMENT : head + 2 * SEGMENT - 1], 1, "b", 1)
+    with pytest.raises(ChecksumError):
+        verify_segments(data[:head], data[head + SEGMENT : head + 2 * SEGMENT], 1, "b", 2)
+    with pytest.raises(ChecksumError):
+        decode_block(bytes(bad), len(plain))

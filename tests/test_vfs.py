@@ -268,3 +268,48 @@ def test_sparse_file_far_out_is_cheap_end_to_end(vol):
     assert time.monotonic() - t0 < 5
     assert vol.objects.objects == {}
     assert vol.meta.statfs()[1] < 1 << 20
+
+
+def test_random_read_of_a_cold_block_is_a_ranged_get(tmp_path):
+    """A random 4 KiB read of a block no cache holds fetches the checksum table and one 64 KiB
+    segment (verified), not the block; a damaged segment is fetched again, then EIO; the whole
+    block follows in the background."""
+    import time
+
+    url = f"sqlite3://{tmp_path}/m.db"
+    meta = open_meta(url)
+    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4()), block_size=1 << 20,
+                         block_format=2))
+    meta.close_engine()
+    v = Volume(url, Options(cache_dir="", buffer_size=8 << 20))
+    v.meta.new_session({})
+    fh, ino, _ = v.vfs.create(ROOT_INODE, b"f", 0o644, os.O_RDWR)
+    data = os.urandom(3 << 20)
+    v.vfs.write(fh, 0, data)
+    v.vfs.release(fh)
+    v.chunks.buffer = type(v.chunks.buffer)(v.chunks.buffer.capacity)
+    ranged = []
+    real = v.objects._get_range
+    v.objects._get_range = lambda key, a, b: ranged.append(b - a) or real(key, a, b)
+    fh = v.vfs.open(ino, os.O_RDONLY)
+    off = (1 << 20) + 300_000
+    v.vfs.read(fh, 5 << 20, 1)  # a first read elsewhere: the reader is not sequential
+    assert bytes(v.vfs.read(fh, off, 4096)) == data[off : off + 4096]
+    assert v.metrics.value("cachefs_ranged_reads_total") >= 1
+    assert max(ranged) <= 128 << 10  # the table, and the one or two segments the bytes lie in
+    deadline = time.time() + 5  # the whole block was fetched behind
+    while v.metrics.value("cachefs_prefetch_blocks_total") == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    assert v.metrics.value("cachefs_prefetch_blocks_total") >= 1
+    # a damaged segment: fetched again, then EIO, never wrong bytes
+    v.chunks.buffer = type(v.chunks.buffer)(v.chunks.buffer.capacity)
+    key = next(k for k in v.objects.objects if k.endswith(f"_2_{1 << 20}"))
+    raw = bytearray(v.objects.objects[key])
+    raw[-1000] ^= 1
+    v.objects.objects[key] = bytes(raw)
+    with pytest.raises(CachefsError) as e:
+        v.vfs.read(fh, (3 << 20) - 2000, 100)
+    assert errno_of(e.value) == errno.EIO
+    assert v.metrics.value("cachefs_checksum_errors_total", source="object") >= 1
+    v.vfs.release(fh)
+    v.close()

@@ -7,6 +7,7 @@ import os
 import re
 import uuid
 
+from cachefs.block import BLOCK_FORMAT
 from cachefs.errors import ConfigError
 from cachefs.options import parse_size
 
@@ -52,7 +53,7 @@ def run(a: argparse.Namespace) -> int:
         parse_bucket(bucket, a.endpoint)
     settings = Settings(name=a.name, uuid=str(uuid.uuid4()), storage=a.storage, bucket=bucket,
                         endpoint=a.endpoint, access_key=a.access_key, secret_key=a.secret_key,
-                        region=a.region, block_size=bs, compression=a.compress)
+                        region=a.region, block_size=bs, compression=a.compress, block_format=BLOCK_FORMAT)
     meta = open_meta(a.meta_url)
     try:
         old = meta.is_formatted()

@@ -91,6 +91,10 @@ class ObjectStore(ABC):
     def get(self, key: str) -> bytes:
         return self._retry("get", lambda: self._get(key))
 
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object (fewer when it is shorter)."""
+        return self._retry("get_range", lambda: self._get_range(key, start, end))
+
     def delete(self, key: str) -> None:
         self._retry("delete", lambda: self._delete(key))
 
@@ -108,6 +112,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def _get(self, key: str) -> bytes:
         """The object's bytes; ObjectNotFound when it does not exist."""
+
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the object; backends that can ask for a range do."""
+        return self._get(key)[start:end]
 
     @abstractmethod
     def _delete(self, key: str) -> None:

@@ -47,6 +47,16 @@ class FileStore(ObjectStore):
         except OSError as e:
             raise Transient(str(e)) from None
 
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self}: no object {key}") from None
+        except OSError as e:
+            raise Transient(str(e)) from None
+
     def _delete(self, key: str) -> None:
         try:
             os.unlink(self._path(key))

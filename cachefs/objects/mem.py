@@ -40,6 +40,9 @@ class MemStore(ObjectStore):
             except KeyError:
                 raise ObjectNotFound(f"mem: no object {key}") from None
 
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        return self._get(key)[start:end]
+
     def _delete(self, key: str) -> None:
         with self._lock:
             self.objects.pop(key, None)

@@ -130,6 +130,12 @@ class S3Store(ObjectStore):
         except Exception as e:
             raise self._fail(e, key) from None
 
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        try:
+            return self.http.get_range(key, start, end)
+        except Exception as e:
+            raise self._fail(e, key) from None
+
     def _delete(self, key: str) -> None:
         try:
             self.http.delete(key)
@@ -167,6 +173,10 @@ class S3Store(ObjectStore):
             self._retry("head", self._head, timeout=CHECK_TIMEOUT)
         except ObjectUnavailable as e:
             raise ObjectError(f"cannot reach S3 at {self.endpoint or 'AWS'}: {e}") from None
+        try:  # open the block path's first connection now, not on the first read
+            self.http.get("cachefs-connection-check")
+        except Exception:
+            pass
 
     def _head(self) -> None:
         try:

@@ -50,7 +50,8 @@ class SignedHTTP:
         proxy = proxy_for(endpoint_url)
         self.pool = urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw)
 
-    def _request(self, method: str, key: str, body: bytes | None = None) -> urllib3.BaseHTTPResponse:
+    def _request(self, method: str, key: str, body: bytes | None = None,
+                 extra: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
         url = self.base + quote(key, safe="/~")
         creds = self._credentials()
         if creds is None:
@@ -58,8 +59,11 @@ class SignedHTTP:
         req = AWSRequest(method=method, url=url, data=body)
         req.context["client_config"] = _UNSIGNED
         S3SigV4Auth(creds, "s3", self.region).add_auth(req)
+        headers = dict(req.headers.items())
+        if extra:
+            headers.update(extra)  # not signed: S3 signs only what the signature names
         try:
-            return self.pool.request(method, url, body=body, headers=dict(req.headers.items()))
+            return self.pool.request(method, url, body=body, headers=headers)
         except urllib3.exceptions.HTTPError as e:  # refused, reset, timed out, cut short
             raise Transient(f"{method} {key}: {e}") from None
 
@@ -75,6 +79,17 @@ class SignedHTTP:
         length = r.headers.get("Content-Length")
         if length is not None and int(length) != len(r.data):
             raise Transient(f"GET {key}: {len(r.data)} of {length} bytes")
+        return r.data
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        r = self._request("GET", key, extra={"Range": f"bytes={start}-{end - 1}"})
+        if r.status == 200:  # a server that ignores ranges: the whole object
+            return r.data[start:end]
+        if r.status != 206:
+            raise HTTPFailure(r.status, r.data)
+        length = r.headers.get("Content-Length")
+        if length is not None and int(length) != len(r.data):
+            raise Transient(f"GET {key} (range): {len(r.data)} of {length} bytes")
         return r.data
 
     def delete(self, key: str) -> None:
