@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from .block import (
     MAGIC2,
@@ -26,12 +27,15 @@ from .block import (
     table_size,
     verify_segments,
 )
-from .diskcache import DiskCache
+from .diskcache import DiskCache, entry_header
 from .durability import Durability
 from .errors import ChecksumError, ObjectError, ObjectNotFound
 from .metrics import Metrics
 from .objects import ObjectStore
 from .staging import Staging
+
+if TYPE_CHECKING:
+    from .group.peers import Peers
 
 log = logging.getLogger("cachefs.chunks")
 
@@ -90,7 +94,8 @@ class ChunkStore:
                  metrics: Metrics, *, compression: str = "none", max_uploads: int = 16,
                  max_downloads: int = 16, buffer_bytes: int = 300 << 20, cache: DiskCache | None = None,
                  staging: Staging | None = None, pending_slice_ids: Callable[[], set[int]] = set,
-                 pending_timeout: float = 60.0, ranged_reads: bool = False) -> None:
+                 pending_timeout: float = 60.0, ranged_reads: bool = False, peers: Peers | None = None,
+                 pending_writer: Callable[[int], int | None] = lambda slice_id: None) -> None:
         self.objects = objects
         self.volume = volume
         self.block_size = block_size
@@ -105,6 +110,10 @@ class ChunkStore:
         # ranged GETs of the checksum table (kept here, small) and the segments it needs
         self.ranged_reads = ranged_reads
         self._tables = BlockBuffer(RANGE_TABLES)
+        # the cache group: a block this node does not hold comes from its owner, a pending one
+        # from its writer (pending_writer: the session staging it)
+        self.peers = peers
+        self.pending_writer = pending_writer
         self._uploads = ThreadPoolExecutor(max_uploads, thread_name_prefix="upload")
         self._upload_slots = threading.BoundedSemaphore(max(2, buffer_bytes // 2 // block_size))
         self._downloads = ThreadPoolExecutor(max_downloads, thread_name_prefix="download")
@@ -171,9 +180,11 @@ class ChunkStore:
         return SliceWriter(self, slice_id, ino, through)
 
     # ---- reading ---------------------------------------------------------------------------
-    def get_block(self, slice_id: int, slice_size: int, index: int, keep: bool = True) -> Buffer:
+    def get_block(self, slice_id: int, slice_size: int, index: int, keep: bool = True,
+                  from_peer: bool = False) -> Buffer:
         """One block's plain bytes; concurrent callers of the same block share one fetch.
-        keep=False (warmup) fills the disk cache without taking memory buffer space."""
+        keep=False (warmup) fills the disk cache without taking memory buffer space; from_peer:
+        a group member asks (never passed on to another member)."""
         length = min(self.block_size, slice_size - index * self.block_size)
         key = self.key(slice_id, index, length)
         data = self.buffer.get(key)
@@ -193,7 +204,7 @@ class ChunkStore:
             return data
         try:
             try:
-                data, fetched = self._load(slice_id, index, key, length)
+                data, fetched = self._load(slice_id, index, key, length, from_peer)
                 if keep:
                     self.buffer.put(key, data)
                     self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
@@ -211,10 +222,12 @@ class ChunkStore:
                 self._inflight.pop(key, None)
             settled.set()
 
-    def _load(self, slice_id: int, index: int, key: str, length: int) -> tuple[Buffer, bool]:
-        """(block, fetched from the object store) from staging, the disk cache (verified) or
-        else the object store (verified); a block another node has not uploaded yet is waited
-        for."""
+    def _load(self, slice_id: int, index: int, key: str, length: int,
+              from_peer: bool = False) -> tuple[Buffer, bool]:
+        """(block, fetched from the object store) from staging, the disk cache (verified), the
+        block's owner in the cache group (verified; not kept on disk here: the owner keeps it)
+        or else the object store (verified); a block another node has not uploaded yet is
+        asked of its writer, or waited for."""
         if self.staging is not None:
             raw = self.staging.get(slice_id, index, length)
             if raw is not None:
@@ -231,6 +244,12 @@ class ChunkStore:
                 data = None
             if data is not None:
                 return data, False
+        if self.peers is not None:
+            data = self.peers.fetch(key, length) if not from_peer else None
+            if data is None:  # a block still staged on its writer is asked of it before S3,
+                data = self._from_writer(slice_id, key, length)  # which may be down meanwhile
+            if data is not None:
+                return data, False
         return self._fetch(slice_id, key, length), True
 
     def _fetch(self, slice_id: int, key: str, length: int) -> Buffer:
@@ -241,6 +260,9 @@ class ChunkStore:
             try:
                 raw = self.objects.get(key)
             except ObjectNotFound:
+                staged = self._from_writer(slice_id, key, length)
+                if staged is not None:
+                    return staged
                 raw = self._wait_pending(slice_id, key)
             try:
                 return decode_block(raw, length, key)
@@ -250,6 +272,37 @@ class ChunkStore:
                     raise
                 log.warning("%s: fetching it again", e)
         raise AssertionError("unreachable")
+
+    def _from_writer(self, slice_id: int, key: str, length: int) -> Buffer | None:
+        """A block not uploaded yet, from the staging of the group member that wrote it."""
+        if self.peers is None:
+            return None
+        sid = self.pending_writer(slice_id)
+        m = self.peers.writer(sid) if sid is not None else None
+        return self.peers.fetch(key, length, m, staged=True) if m is not None else None
+
+    # ---- serving the group (group/service.py) ------------------------------------------------
+    def keep_for_peer(self, slice_id: int, index: int, length: int) -> str | None:
+        """Make sure this node holds a block a peer asks for (fetching it from the object store
+        on a miss, once, however many ask); the path of its cache entry, None without a disk
+        cache (then entry_bytes answers from memory)."""
+        key = self.key(slice_id, index, length)
+        if self.cache is not None:
+            path = self.cache.entry_path(key)
+            if path is not None:
+                return path
+        self.get_block(slice_id, index * self.block_size + length, index, keep=self.cache is None,
+                       from_peer=True)
+        return self.cache.entry_path(key) if self.cache is not None else None
+
+    def entry_bytes(self, slice_id: int, index: int, length: int) -> bytes:
+        plain = self.get_block(slice_id, index * self.block_size + length, index, from_peer=True)
+        return entry_header(plain) + bytes(plain)
+
+    def staged_path(self, slice_id: int, index: int, length: int) -> str | None:
+        if self.staging is None or not self.staging.has(slice_id, index, length):
+            return None
+        return self.staging.file(slice_id, index, length)
 
     def is_pending(self, slice_id: int) -> bool:
         return slice_id in self.pending_slice_ids()
@@ -317,6 +370,27 @@ class ChunkStore:
         views[-1] = views[-1][:end]
         views[0] = views[0][start:]
         return b"".join(views)
+
+    def read_resident(self, slice_id: int, slice_size: int, off: int, n: int) -> Buffer | None:
+        """read() from memory only (the memory buffer, or a disk cache entry whose pages are
+        resident), for the FUSE shell's event loop; None when that is not enough."""
+        bs = self.block_size
+        first = off // bs
+        if (off + n - 1) // bs != first:
+            return None
+        length = min(bs, slice_size - first * bs)
+        key = self.key(slice_id, first, length)
+        start = off - first * bs
+        block = self.buffer.get(key)
+        if block is not None:
+            self.metrics.buffer_hits.inc()
+            return block if start == 0 and n == len(block) else memoryview(block)[start : start + n]
+        if self.cache is None:
+            return None
+        try:
+            return self.cache.read_resident(key, start, n)
+        except ChecksumError:
+            return None  # the thread path drops the entry and fetches again
 
     def _read_range(self, slice_id: int, slice_size: int, index: int, length: int, key: str, start: int,
                     n: int) -> Buffer | None:
@@ -386,21 +460,27 @@ class ChunkStore:
         return block_keys(self.volume, slice_id, size, self.block_size)
 
     def warm(self, slice_id: int, size: int) -> int:
-        """Bring a slice's blocks into the disk cache; returns bytes fetched."""
-        if self.cache is None:
-            return 0
+        """Bring a slice's blocks into the cache: this node's disk cache, or in a cache group
+        each block's owner's (asked to fetch and keep it; its bytes do not travel here);
+        returns bytes fetched."""
         fetched = 0
         for i, key, n in self._keys(slice_id, size):
-            if not self.cache.contains(key):
+            if self.peers is not None and self.peers.owner(key) is not None:
+                if self.peers.warm(key):
+                    fetched += n
+                    continue
+            if self.cache is not None and not self.cache.contains(key):
                 self.get_block(slice_id, size, i, keep=False)
                 fetched += n
         return fetched
 
     def cached(self, slice_id: int, size: int) -> int:
-        """Bytes of a slice that the disk cache holds."""
-        if self.cache is None:
-            return 0
-        return sum(n for _, key, n in self._keys(slice_id, size) if self.cache.contains(key))
+        """Bytes of a slice that the cache holds: this node's, or in a cache group each block's
+        owner's."""
+        keys = self._keys(slice_id, size)
+        remote = self.peers.cached([k for _, k, _ in keys]) if self.peers is not None else {}
+        local = self.cache.contains if self.cache is not None else (lambda key: False)
+        return sum(n for _, key, n in keys if remote.get(key, False) or key not in remote and local(key))
 
     def evict(self, slice_id: int, size: int) -> None:
         for _, key, _ in self._keys(slice_id, size):

@@ -226,9 +226,10 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
     except CachefsError as e:
         return fail(str(e))
     try:
-        vol.meta.new_session({"mountpoint": req.mountpoint, "hostname": socket.gethostname(),
-                              "version": __version__, "read_only": o.read_only, "writeback": o.writeback})
-        vol.recover()  # what a killed write-back run left in staging goes up before we are ready
+        # the session, what a killed write-back run left in staging (uploaded before we are
+        # ready), the cache group
+        vol.start({"mountpoint": req.mountpoint, "hostname": socket.gethostname(), "version": __version__,
+                   "read_only": o.read_only, "writeback": o.writeback})
         ops = Operations(vol.vfs, vol.metrics, o.threads, o.attr_cache, o.entry_cache, o.dir_entry_cache,
                          on_init=lambda: _set_kernel_readahead(req.mountpoint,
                                                                max(128, vol.settings.block_size >> 10)))

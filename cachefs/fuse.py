@@ -189,6 +189,11 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh), self._entry(ino, attr)
 
     async def read(self, fh, off, size):
+        data = self.vfs.read_in_memory(fh, off, size)
+        if data is not None:
+            self._answered("read")
+            self.read_bytes.inc(len(data))
+            return data
         data = await self._run("read", self.vfs.read, fh, off, size)
         if fh not in self._internal_fhs:
             self.read_bytes.inc(len(data))
@@ -225,7 +230,9 @@ class Operations(pyfuse3.Operations):
             if attr.type == TYPE_DIR and name not in (b".", b".."):
                 stale = self.dirs.seen(ino, parent, name)  # the kernel may take the entry (readdirplus)
                 if stale is not None:
-                    pyfuse3.invalidate_entry_async(*stale, ignore_enoent=True)
+                    # dropped before the reply, as a lookup does: a later lookup under the new
+                    # name must not meet the old alias (the kernel would answer it ESTALE)
+                    await self.hop.run(functools.partial(self.dirs.drop, ino, *stale))
             if not pyfuse3.readdir_reply(token, name, self._entry(ino, attr), start_id + i + 1):
                 break
 

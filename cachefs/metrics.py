@@ -73,6 +73,17 @@ class Metrics:
                                            "answer (outages ridden through)", registry=r)
         self.range_reads = Counter("cachefs_ranged_reads", "Small random reads of cold blocks answered by "
                                    "ranged GETs of the segments they need", registry=r)
+        self.group_members = Gauge("cachefs_group_members", "Members of the cache group in the ring", registry=r)
+        self.peer_blocks = Counter("cachefs_peer_blocks", "Blocks fetched from (in) and served to (out) peers",
+                                   ["peer", "direction"], registry=r)
+        self.peer_bytes = Counter("cachefs_peer_bytes", "Block bytes fetched from (in) and served to (out) "
+                                  "peers", ["peer", "direction"], registry=r)
+        self.peer_errors = Counter("cachefs_peer_errors", "Peers that could not give a block (then the object "
+                                   "store did)", ["peer", "kind"], registry=r)
+        self.peer_fallbacks = Counter("cachefs_peer_fallbacks", "Blocks read from the object store because "
+                                      "their owner could not give them", registry=r)
+        self.peer_refused = Counter("cachefs_peer_refused", "Requests to this member's block service refused "
+                                    "(unsigned, wrong secret, expired, replayed)", registry=r)
         self.prefetches = Counter("cachefs_prefetch_blocks", "Blocks fetched ahead of sequential readers",
                                   registry=r)
 

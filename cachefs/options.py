@@ -87,6 +87,15 @@ class Options:
     io_retry_timeout: float = option(300.0, "an object-store request rides through an outage (errors, "
                                      "throttling, stalls) this long before it fails with EIO", unit="s",
                                      minimum=0)
+    cache_group: str = option("", "share the disk cache with the other mounts of this volume that name the "
+                              "same group: each block is kept by one member and served to the others "
+                              "('' for none)", metavar="NAME")
+    group_listen: str = option("", "with --cache-group: the address of this member's block service, as the "
+                               "others reach it (default: this host's address, port 9601)", metavar="HOST:PORT")
+    group_weight: float = option(1.0, "with --cache-group: this member's share of the blocks, relative to "
+                                 "the others (e.g. its cache size)", minimum=0.01)
+    no_sharing: bool = option(False, "with --cache-group: read through the group without serving it or "
+                              "owning blocks (ephemeral pods)")
     metrics: str = option("", "serve Prometheus metrics on this address", metavar="HOST:PORT")
     log: str = option("", "log file (background default /var/log/cachefs.log)", metavar="FILE")
 
@@ -114,6 +123,12 @@ class Options:
             raise ConfigError("--pending-timeout must be positive")
         if self.metrics and not re.fullmatch(r"[\w.\-]*:\d+", self.metrics):
             raise ConfigError(f"bad --metrics address {self.metrics!r} (expected HOST:PORT)")
+        if self.cache_group and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", self.cache_group):
+            raise ConfigError(f"bad --cache-group {self.cache_group!r}: letters, digits, '.', '_' and '-'")
+        if self.group_listen and not re.fullmatch(r"[\w.\-]*:\d+", self.group_listen):
+            raise ConfigError(f"bad --group-listen address {self.group_listen!r} (expected HOST:PORT)")
+        if (self.group_listen or self.no_sharing) and not self.cache_group:
+            raise ConfigError("--group-listen and --no-sharing go with --cache-group")
         return self
 
 

@@ -70,6 +70,51 @@ class Reader:
                     raise FSError(errno.EIO, "block missing from the object store") from None
         raise AssertionError("unreachable")
 
+    def read_resident(self, h: Handle, fs: FileState, offset: int, size: int) -> Buffer | None:
+        """read() without blocking (the FUSE shell's event loop): the chunk's slices already
+        resolved, one slice covering the answer, its bytes in memory or in resident cache pages;
+        None when any of that does not hold (the caller reads on a thread)."""
+        if offset < 0 or size <= 0 or not fs.lock.acquire(blocking=False):
+            return None
+        try:
+            if fs.buffered or offset >= fs.length:
+                return None
+            n = min(size, fs.length - offset)
+            indx, cpos = divmod(offset, CHUNK_SIZE)
+            segs = fs.segments.get(indx)
+            if segs is None or cpos + n > CHUNK_SIZE:
+                return None
+            parts = covering(segs, cpos, n)
+            if len(parts) != 1 or parts[0].pos != cpos or parts[0].len != n:
+                return None
+            g = parts[0]
+            data = self.chunks.read_resident(g.id, g.size, g.off, g.len)
+            if data is None:
+                return None
+            end = offset + n
+            sequential = offset == h.read_end
+            h.window = min(max(self.chunks.block_size, h.window * 2), self.max_readahead) if sequential else 0
+            h.read_end = end
+            if h.window and end < fs.length:
+                self._prefetch_known(fs, end, min(fs.length, end + h.window))
+            return data
+        finally:
+            fs.lock.release()
+
+    def _prefetch_known(self, fs: FileState, pos: int, stop: int) -> None:
+        """Readahead over chunks whose slices are known (nothing is asked of the engine)."""
+        bs = self.chunks.block_size
+        while pos < stop:
+            indx, cpos = divmod(pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - cpos, stop - pos)
+            segs = fs.segments.get(indx)
+            if segs is None:
+                return
+            for g in covering(segs, cpos, n):
+                for i in range(g.off // bs, (g.off + g.len - 1) // bs + 1):
+                    self.chunks.prefetch(g.id, g.size, i)
+            pos += n
+
     def _fetch(self, fs: FileState, pieces: list[tuple[int, int, int, int]], n: int, refresh: bool,
                random: bool = False) -> Buffer:
         parts = []

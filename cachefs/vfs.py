@@ -276,6 +276,13 @@ class VFS:
             raise FSError(errno.EBADF)
         return self.reader.read(h, h.state, offset, size)
 
+    def read_in_memory(self, fh: int, offset: int, size: int) -> Buffer | None:
+        """read() answered from memory without blocking (FUSE shell, event loop), or None."""
+        h = self.files.handles.get(fh)
+        if h is None or h.state is None or h.special is not None:
+            return None
+        return self.reader.read_resident(h, h.state, offset, size)
+
     def flush(self, fh: int) -> None:
         h = self._handle(fh)
         if h.state is not None:

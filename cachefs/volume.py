@@ -5,21 +5,28 @@ open volumes here."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
+import secrets
+import socket
 
 from cachefs.meta import BaseMeta, open_meta
 from cachefs.meta.types import Settings
 
 from .background import Background
 from .block import block_key
+from .cacheview import CacheView
 from .chunkstore import ChunkStore
 from .compact import CompactionQueue
-from .diskcache import DiskCache
+from .diskcache import CacheBusy, DiskCache
 from .durability import Durability, WriteThrough
 from .errors import ConfigError
 from .fileutil import private_dirs
+from .group.peers import Peers
+from .group.ring import Member
+from .group.service import BlockService
 from .handles import OpenFiles
 from .internal import Control
 from .metacache import MetaCache
@@ -33,6 +40,7 @@ from .writeback import WriteBack
 from .writer import Writer
 
 log = logging.getLogger("cachefs.volume")
+GROUP_PORT = 9601  # a cache group member's block service, unless --group-listen says otherwise
 
 
 def _usable_dir(path: str) -> None:
@@ -49,7 +57,10 @@ def _usable_dir(path: str) -> None:
 
 
 class Volume:
-    def __init__(self, meta_url: str, options: Options | None = None) -> None:
+    def __init__(self, meta_url: str, options: Options | None = None, node_cache: bool = False) -> None:
+        """node_cache: read through this node's mount of the volume, when one runs, instead of a
+        disk cache of our own (the Python client: one cache per node)."""
+        self.node_cache = node_cache
         o = self.options = options or Options()
         self.metrics = Metrics()
         self.files = OpenFiles()
@@ -68,12 +79,15 @@ class Volume:
 
     def _build(self, o: Options) -> None:
         s = self.settings
-        self.cache = None
-        for d in o.cache_dirs:
-            _usable_dir(d)
-        if o.cache_dirs and o.cache_size > 0:
-            self.cache = DiskCache(o.cache_dirs, s.uuid, o.cache_size, o.free_space_ratio, self.metrics)
+        self.cache, keeper = self._open_cache(o)
         key = functools.partial(block_key, s.name)
+        if o.cache_group:
+            self.peers = self._peers(o)
+        elif keeper is not None:  # misses are asked of this node's keeper of the cache
+            self.peers = Peers(self.meta, "", self._group_secret(), "node-reader", self.metrics,
+                               fixed=Member(keeper, keeper))
+        else:
+            self.peers = None
         through = WriteThrough(self.objects, key, s.block_size, self.cache, o.cache_large_write)
         # write-back staging; also opened without --writeback when a previous write-back run
         # left blocks there, so that recover() can upload them
@@ -83,6 +97,7 @@ class Volume:
             self.writeback = WriteBack(self.objects, staging, through, key, self.meta.pending_done,
                                        o.max_uploads, self.metrics, defer=o.upload_defer,
                                        fsync_remote=o.fsync_remote)
+        o = self.options  # (writeback off when another process holds the staging)
         self.durability: Durability = self.writeback if o.writeback else through
         self.chunks = ChunkStore(self.objects, s.name, s.block_size, self.durability, self.metrics,
                                  compression=s.compression, max_uploads=o.max_uploads,
@@ -91,15 +106,108 @@ class Volume:
                                  staging=staging if o.writeback else None,
                                  pending_slice_ids=lambda: {p.id for p in self.meta.pending_slices()},
                                  pending_timeout=o.pending_timeout,
-                                 ranged_reads=s.block_format >= 2 and s.compression == "none")
+                                 ranged_reads=s.block_format >= 2 and s.compression == "none",
+                                 peers=self.peers, pending_writer=self._pending_writer)
         self.compactions = CompactionQueue()
         self.writer = Writer(self.meta, self.chunks, self.durability, self.compactions)
         self.reader = Reader(self.meta, self.chunks, self.compactions, self.writer.commit)
         self.control = Control(self.meta, self.chunks, self.flush)
         self.vfs = VFS(self.meta, self.files, self.reader, self.writer, self.durability, self.control,
                        self.metrics, self.metacache, read_only=o.read_only, open_cache=o.open_cache)
+        self.service = None
+        if o.cache_group and not o.no_sharing:
+            try:
+                self.service = BlockService(self.chunks, self.peers.secret, self._listen, self.metrics)
+            except OSError as e:
+                raise ConfigError(f"--group-listen {self._listen}: {e.strerror}") from None
+        elif isinstance(self.cache, DiskCache):
+            # this node's other processes read our cache (cacheview.py) and ask this service,
+            # on loopback, its port in our session, for what it misses
+            self.service = BlockService(self.chunks, self._group_secret(), "127.0.0.1:0", self.metrics)
         self.background = Background(self.meta, self.chunks, self.compactions, heartbeat=o.heartbeat,
                                      session_timeout=o.session_timeout, trash_delay=o.trash_delay)
+
+    def _peers(self, o: Options) -> Peers:
+        """The cache group's view of its members (its block service comes after the chunk store)."""
+        host, _, port = (o.group_listen or f":{GROUP_PORT}").rpartition(":")
+        self._listen = f"{host or '0.0.0.0'}:{port}"
+        advertise = host if host and host != "0.0.0.0" else socket.gethostbyname(socket.gethostname())
+        timeout = min(self.options.session_timeout, 3 * o.heartbeat + 1)
+        return Peers(self.meta, o.cache_group, self._group_secret(), f"{advertise}:{port}", self.metrics,
+                     weight=o.group_weight, sharing=not o.no_sharing, refresh=o.heartbeat, member_timeout=timeout,
+                     cached_bytes=lambda: self.cache.used if self.cache is not None else 0)
+
+    def _group_secret(self) -> bytes:
+        """The volume's group secret (made by format; made here for a volume formatted before
+        cache groups existed)."""
+        if not self.settings.group_secret:
+            self.settings.group_secret = secrets.token_hex(32)
+            self.meta.update_settings(self.settings)
+            self.settings = self.meta.load()
+        return bytes.fromhex(self.settings.group_secret)
+
+    def _open_cache(self, o: Options) -> tuple[DiskCache | CacheView | None, str | None]:
+        """The disk cache, and the block service of the process that keeps it when that is
+        not this one (cacheview.py: one cache per node). A process given a cache directory
+        keeps it unless another of this node does; a Python client given none reads the cache
+        of this node's mount, when one runs."""
+        if o.cache_dirs and o.cache_size > 0:
+            for d in o.cache_dirs:
+                _usable_dir(d)
+            try:
+                return DiskCache(o.cache_dirs, self.settings.uuid, o.cache_size, o.free_space_ratio,
+                                 self.metrics), None
+            except CacheBusy:
+                keeper = self._node_keeper(o.cache_dirs)
+                log.info("another process of this node keeps cache dir %s: reading it, misses asked of %s",
+                         o.cache_dir, keeper or "no one (it has no block service yet)")
+                return CacheView(o.cache_dirs, self.settings.uuid, self.metrics), keeper
+        if self.node_cache:
+            found = self._node_keeper(None)
+            if found is not None:
+                dirs = self._keeper_dirs.get(found, [])
+                return CacheView.open(dirs, self.settings.uuid, self.metrics), found
+        return None, None
+
+    def _node_keeper(self, dirs: list[str] | None) -> str | None:
+        """The block service of a live process of this node that keeps a disk cache of the
+        volume (of these directories, if given), as published in its session."""
+        cutoff = self.meta.now() - self.options.session_timeout
+        host = socket.gethostname()
+        want = [os.path.realpath(d) for d in dirs] if dirs else None
+        self._keeper_dirs: dict[str, list[str]] = {}
+        for sess in self.meta.sessions():
+            addr, kept = sess.info.get("node_service"), sess.info.get("node_cache")
+            if not addr or not kept or sess.info.get("hostname") != host or sess.heartbeat < cutoff:
+                continue
+            kept_dirs = kept.split(":")
+            if want is not None and [os.path.realpath(d) for d in kept_dirs] != want:
+                continue
+            log.info("reading through the cache of this node's %s (pid %s)",
+                     sess.info.get("mountpoint") or "client", sess.info.get("pid"))
+            self._keeper_dirs[addr] = kept_dirs
+            return addr
+        return None
+
+    def _pending_writer(self, slice_id: int) -> int | None:
+        return next((p.sid for p in self.meta.pending_slices() if p.id == slice_id), None)
+
+    def start(self, info: dict) -> None:
+        """Register this client's session (with its cache group membership), upload what a
+        killed write-back run left in staging, then join the group: what a mount does before it
+        reports ready."""
+        published = dict(info, **(self.peers.info() if self.peers is not None else {}))
+        if self.service is not None:
+            host, _, _ = (self.service.listen).rpartition(":")
+            published["node_service"] = f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{self.service.port}"
+            if isinstance(self.cache, DiskCache):
+                published["node_cache"] = ":".join(os.path.abspath(d) for d in self.options.cache_dirs)
+        self.meta.new_session(published)
+        self.recover()
+        if self.service is not None:
+            self.service.start()
+        if self.peers is not None:
+            self.peers.start()
 
     def _open_staging(self, o: Options) -> Staging | None:
         if o.writeback and (o.read_only or not o.cache_dirs or o.cache_size <= 0):
@@ -113,8 +221,12 @@ class Volume:
         try:
             return Staging(path, o.cache_size, o.free_space_ratio, self.metrics)
         except StagingBusy:
-            if o.writeback:
+            if o.writeback and not self.node_cache:
                 raise
+            if o.writeback:  # a client forked from (or beside) a write-back client: its staging
+                log.warning("the write-back staging in %s is another process's: this one writes "
+                            "through", path)
+                self.options = dataclasses.replace(o, writeback=False)
             return None  # a live write-back mount owns what is staged there: nothing to recover
         except OSError as e:
             raise ConfigError(f"cannot use staging directory {path}: {e}") from None
@@ -142,10 +254,16 @@ class Volume:
         return self.durability.wait(None, timeout)
 
     def close(self) -> None:
+        if self.peers is not None:
+            self.peers.stop()
+        if self.service is not None:
+            self.service.stop()
         try:
             self.writer.commit_all(self.files)
         finally:
             self.chunks.close()
+            if self.cache is not None:
+                self.cache.close()
             if self.writeback is not None:
                 self.writeback.close()
             self.meta.close_engine()

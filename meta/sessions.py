@@ -42,6 +42,10 @@ class Sessions:
         self._session_info = info
         return self.sid
 
+    def update_session_info(self, **info: object) -> None:
+        """Change what this session publishes (written at its next heartbeat)."""
+        self._session_info.update(info)
+
     def heartbeat(self) -> None:
         """Tell the other clients this session is alive. A session that finds itself gone (taken
         for dead while this process was stopped or cut off) registers again, with the inodes

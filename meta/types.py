@@ -122,9 +122,10 @@ class Settings:
     compression: str = "none"
     meta_version: int = META_VERSION
     block_format: int = 1  # 2: uncompressed blocks are CFB2 (per-segment checksums: ranged reads)
+    group_secret: str = ""  # hex: signs the requests between the members of a cache group
     extra: dict = field(default_factory=dict)
 
-    SECRET_FIELDS = ("secret_key",)
+    SECRET_FIELDS = ("secret_key", "group_secret")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -52,7 +52,8 @@ def socket_path(endpoint: str) -> str:
 
 
 def serve(endpoint: str, node_id: str, state_dir: str, cache_dir: str, mode: str = "all",
-          max_volumes: int = 64, flush_timeout: float = 300.0, workers: int = 8) -> int:
+          max_volumes: int = 64, flush_timeout: float = 300.0, workers: int = 8, group_ip: str = "",
+          group_port: int = 9601) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     path = socket_path(endpoint)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -65,7 +66,7 @@ def serve(endpoint: str, node_id: str, state_dir: str, cache_dir: str, mode: str
             state = State(state_dir)
         except OSError as e:
             raise ConfigError(f"cannot use state directory {state_dir}: {e.strerror}") from None
-        node = NodeService(state, node_id, max_volumes, cache_dir, flush_timeout)
+        node = NodeService(state, node_id, max_volumes, cache_dir, flush_timeout, group_ip, group_port)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
     if mode in ("all", "controller"):
         csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(), server)

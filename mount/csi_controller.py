@@ -17,7 +17,7 @@ from cachefs.meta.types import ROOT_INODE, TYPE_DIR
 
 from . import csi_pb2, csi_pb2_grpc
 from .csi_errors import CSIError, handled, require
-from .csi_names import CONTEXT_MOUNT_OPTIONS, CONTEXT_SUBDIR, PARAMETERS, SECRET_META_URL
+from .csi_names import CONTEXT_CACHE_GROUP, CONTEXT_MOUNT_OPTIONS, CONTEXT_SUBDIR, PARAMETERS, SECRET_META_URL
 from .helper import translate
 
 log = logging.getLogger("cachefs.csi.controller")
@@ -82,8 +82,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if unknown:
             raise CSIError(Code.INVALID_ARGUMENT, f"unknown StorageClass parameters: {', '.join(unknown)}")
         options = request.parameters.get(CONTEXT_MOUNT_OPTIONS, "")
+        group = request.parameters.get(CONTEXT_CACHE_GROUP, "")
         try:
-            translate(options)
+            translate(",".join(filter(None, [options, f"cache-group={group}" if group else ""])))
         except ValueError as e:
             raise CSIError(Code.INVALID_ARGUMENT, str(e)) from None
         if request.HasField("volume_content_source"):
@@ -106,6 +107,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         context_ = {CONTEXT_SUBDIR: request.name}
         if options:
             context_[CONTEXT_MOUNT_OPTIONS] = options
+        if group:
+            context_[CONTEXT_CACHE_GROUP] = group
         return csi_pb2.CreateVolumeResponse(volume=csi_pb2.Volume(
             volume_id=request.name, capacity_bytes=request.capacity_range.required_bytes,
             volume_context=context_))

@@ -16,6 +16,7 @@ SECRET_KEYS = (SECRET_META_URL, SECRET_ACCESS_KEY, SECRET_SECRET_KEY)
 # volume_context keys (PV volumeAttributes; CreateVolume puts them there for dynamic volumes)
 CONTEXT_SUBDIR = "subdir"  # directory of the cachefs volume that the pod sees
 CONTEXT_MOUNT_OPTIONS = "mountOptions"  # comma-separated, as for mount -t cachefs -o
+CONTEXT_CACHE_GROUP = "cacheGroup"  # the cache group the node's mount of the volume joins
 
 # StorageClass parameters the driver understands (besides csi.storage.k8s.io/* for the sidecars)
-PARAMETERS = (CONTEXT_MOUNT_OPTIONS,)
+PARAMETERS = (CONTEXT_MOUNT_OPTIONS, CONTEXT_CACHE_GROUP)

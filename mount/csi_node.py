@@ -19,6 +19,7 @@ from cachefs.mountinfo import is_mounted
 from . import csi_pb2, csi_pb2_grpc
 from .csi_errors import CSIError, handled, require, scrub
 from .csi_names import (
+    CONTEXT_CACHE_GROUP,
     CONTEXT_MOUNT_OPTIONS,
     CONTEXT_SUBDIR,
     SECRET_ACCESS_KEY,
@@ -58,11 +59,14 @@ def _subdir(value: str) -> str:
 @handled
 class NodeService(csi_pb2_grpc.NodeServicer):
     def __init__(self, state: State, node_id: str, max_volumes: int, cache_dir: str,
-                 flush_timeout: float) -> None:
+                 flush_timeout: float, group_ip: str = "", group_port: int = 9601) -> None:
         self.state = state
         self.node_id = node_id
         self.max_volumes = max_volumes
         self.cache_dir = cache_dir
+        # a volume mount in a cache group listens on this node's (pod's) address, a port of its own
+        self.group_ip = group_ip
+        self.group_port = group_port
         self.flush_timeout = flush_timeout
 
     # ---- info ---------------------------------------------------------------------------
@@ -90,8 +94,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if cap.HasField("block"):
             raise CSIError(Code.INVALID_ARGUMENT, "block volumes are not supported: cachefs is a file system")
         secrets = dict(request.secrets)
+        group = request.volume_context.get(CONTEXT_CACHE_GROUP, "")
         options = ",".join(filter(None, [request.volume_context.get(CONTEXT_MOUNT_OPTIONS, ""),
-                                         *cap.mount.mount_flags]))
+                                         *cap.mount.mount_flags, f"cache-group={group}" if group else ""]))
         try:
             translate(options)
         except ValueError as e:
@@ -147,6 +152,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if secrets.get(SECRET_SECRET_KEY):
                 env["AWS_SECRET_ACCESS_KEY"] = secrets[SECRET_SECRET_KEY]
             flags = ["--cache-dir", self.cache_dir, *translate(want.options)]
+            if "--cache-group" in flags and "--group-listen" not in flags and "--no-sharing" not in flags:
+                port = self.state.group_port(want.volume_id, self.group_port)
+                flags += ["--group-listen", f"{self.group_ip or '0.0.0.0'}:{port}"]
             _run(_cachefs("mount", "-", mountpoint, "--background", "--log", self.state.log_file(want.volume_id),
                           *flags), secrets, env=env)
             self.state.volumes[want.volume_id] = mountpoint
@@ -182,6 +190,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if self.state.targets_of(volume_id):
                 return
             mountpoint = self.state.volumes.pop(volume_id, None)
+            self.state.ports.pop(volume_id, None)
             self.state.save()
             if mountpoint is None:
                 return

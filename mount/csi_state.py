@@ -46,18 +46,30 @@ class State:
         self._volume_locks: dict[str, threading.Lock] = {}
         self.targets: dict[str, Target] = {}
         self.volumes: dict[str, str] = {}  # volume id -> mountpoint of its cachefs mount
+        self.ports: dict[str, int] = {}  # volume id -> port of its mount's cache group service
         try:
             with open(self.path) as f:
                 data = json.load(f)
             self.targets = {p: Target(**t) for p, t in data.get("targets", {}).items()}
             self.volumes = dict(data.get("volumes", {}))
+            self.ports = {v: int(p) for v, p in data.get("ports", {}).items()}
         except FileNotFoundError:
             pass
 
     def save(self) -> None:
         with self._lock:
-            data = {"targets": {p: asdict(t) for p, t in self.targets.items()}, "volumes": self.volumes}
+            data = {"targets": {p: asdict(t) for p, t in self.targets.items()}, "volumes": self.volumes,
+                    "ports": self.ports}
         write_atomic(self.path, json.dumps(data, indent=1).encode(), fsync=True)
+
+    def group_port(self, volume_id: str, base: int) -> int:
+        """The port of the volume's cache group service on this node: the first from base on
+        that no other volume's mount holds, kept across restarts of the driver."""
+        with self._lock:
+            if volume_id not in self.ports:
+                used = set(self.ports.values())
+                self.ports[volume_id] = next(p for p in range(base, base + 10_000) if p not in used)
+            return self.ports[volume_id]
 
     def mountpoint(self, volume_id: str) -> str:
         return os.path.join(self.root, "volumes", _digest(volume_id))

@@ -39,6 +39,7 @@ class Fault:
 class Counts:
     requests: int = 0
     faults: dict[str, int] = field(default_factory=dict)
+    ops: dict[str, int] = field(default_factory=dict)
 
 
 def _read_until(sock: socket.socket, buf: bytearray, marker: bytes) -> int:
@@ -144,6 +145,11 @@ class FaultProxy:
         with self._lock:
             return self.counts.faults.get(kind, 0)
 
+    def count(self, op: str) -> int:
+        """Requests of one kind (GET, PUT, ...) seen so far."""
+        with self._lock:
+            return self.counts.ops.get(op, 0)
+
     def close(self) -> None:
         self._closed = True
         self._listener.close()
@@ -166,6 +172,7 @@ class FaultProxy:
     def _pick(self, op: str) -> Fault | None:
         with self._lock:
             self.counts.requests += 1
+            self.counts.ops[op] = self.counts.ops.get(op, 0) + 1
             for f in self.faults:
                 if op in f.ops and (f.kind == "stall" and time.monotonic() < f.until
                                     or f.kind != "stall" and random.random() < f.fraction):

@@ -101,6 +101,9 @@ def test_read_only_cache_dir_is_dropped(vol, mounts, tmp_path):
     try:
         mp = mounts.mount(vol, "--cache-dir", str(cache))
         open(os.path.join(mp, "a"), "wb").write(os.urandom(1 << 20))
+        # the cache writer thread keeps written blocks behind the write: let it finish, since a
+        # file open for writing makes the remount fail
+        wait_for(lambda: stats(mp)["cachefs_cache_blocks"] >= 1)
         subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
         data = os.urandom(5 << 20)
         open(os.path.join(mp, "f"), "wb").write(data)

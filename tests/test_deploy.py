@@ -11,6 +11,7 @@ import pytest
 
 from cachefs.cli import build_parser
 from cachefs.mount.csi_names import (
+    CONTEXT_CACHE_GROUP,
     CONTEXT_MOUNT_OPTIONS,
     CONTEXT_SUBDIR,
     DRIVER_NAME,
@@ -67,11 +68,11 @@ def test_driver_name_and_socket_agree(docs):
     drv = one(docs, "CSIDriver")
     assert drv["metadata"]["name"] == DRIVER_NAME
     assert drv["spec"]["attachRequired"] is False and drv["spec"]["podInfoOnMount"] is True
-    assert one(docs, "StorageClass")["provisioner"] == DRIVER_NAME
+    assert all(sc["provisioner"] == DRIVER_NAME for sc in of(docs, "StorageClass"))
     for pv in of(docs, "PersistentVolume"):
         assert pv["spec"]["csi"]["driver"] == DRIVER_NAME
 
-    node = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    node = one(docs, "DaemonSet", "cachefs-csi-node")["spec"]["template"]["spec"]
     plugin, registrar = container(node, "cachefs-plugin"), container(node, "node-driver-registrar")
     assert plugin["securityContext"]["privileged"] is True
     assert arg(plugin, "--endpoint") == f"unix:///csi/{SOCKET_NAME}" and arg(plugin, "--mode") == "node"
@@ -99,11 +100,15 @@ def test_driver_name_and_socket_agree(docs):
 
 def test_plugin_args_are_real_cachefs_flags(docs):
     parser = build_parser()
-    for kind in ("DaemonSet", "Deployment"):
-        plugin = container(one(docs, kind)["spec"]["template"]["spec"], "cachefs-plugin")
-        args = [a.replace("$(NODE_NAME)", "node-1") for a in plugin["args"]]
+    for kind, name in (("DaemonSet", "cachefs-csi-node"), ("Deployment", None)):
+        plugin = container(one(docs, kind, name)["spec"]["template"]["spec"], "cachefs-plugin")
+        args = [a.replace("$(NODE_NAME)", "node-1").replace("$(POD_IP)", "10.0.0.1") for a in plugin["args"]]
         parsed = parser.parse_args(args)
         assert parsed.command == "csi"
+    member = container(one(docs, "DaemonSet", "cachefs-cache-node")["spec"]["template"]["spec"], "member")
+    parsed = parser.parse_args([a.replace("$(POD_IP)", "10.0.0.1") for a in member["args"]])
+    assert parsed.command == "mount" and parsed.meta_url == "-" and parsed.cache_group
+    assert {e["name"] for e in member["env"]} >= {"CACHEFS_META_URL", "POD_IP"}
     for job in of(docs, "Job"):
         for c in job["spec"]["template"]["spec"]["containers"]:
             if c["image"].startswith("cachefs/"):
@@ -114,15 +119,16 @@ def test_secrets_and_parameters_agree(docs):
     secret = one(docs, "Secret")
     assert set(secret["stringData"]) == set(SECRET_KEYS)
     name, ns = secret["metadata"]["name"], secret["metadata"]["namespace"]
-    sc = one(docs, "StorageClass")
-    for key, value in sc["parameters"].items():
-        if key.startswith("csi.storage.k8s.io/"):
-            assert value == (ns if key.endswith("-namespace") else name), key
-        else:
-            assert key in PARAMETERS, key
-    translate(sc["parameters"][CONTEXT_MOUNT_OPTIONS])
-    assert {"csi.storage.k8s.io/provisioner-secret-name", "csi.storage.k8s.io/node-publish-secret-name"} \
-        <= set(sc["parameters"])
+    for sc in of(docs, "StorageClass"):
+        for key, value in sc["parameters"].items():
+            if key.startswith("csi.storage.k8s.io/"):
+                assert value == (ns if key.endswith("-namespace") else name), key
+            else:
+                assert key in PARAMETERS, key
+        group = sc["parameters"].get(CONTEXT_CACHE_GROUP)
+        translate(",".join(filter(None, [sc["parameters"][CONTEXT_MOUNT_OPTIONS], group and f"cache-group={group}"])))
+        assert {"csi.storage.k8s.io/provisioner-secret-name", "csi.storage.k8s.io/node-publish-secret-name"} \
+            <= set(sc["parameters"])
     for pv in of(docs, "PersistentVolume"):
         csi = pv["spec"]["csi"]
         assert csi["nodePublishSecretRef"] == {"name": name, "namespace": ns}
@@ -138,8 +144,8 @@ def test_claims_accounts_and_jobs_agree(docs):
         spec = pvc["spec"]
         assert spec.get("volumeName") in pvs or spec["storageClassName"] in scs
     accounts = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in of(docs, "ServiceAccount")}
-    for kind in ("DaemonSet", "Deployment"):
-        d = one(docs, kind)
+    for kind, name in (("DaemonSet", "cachefs-csi-node"), ("Deployment", None)):
+        d = one(docs, kind, name)
         assert (d["metadata"]["namespace"], d["spec"]["template"]["spec"]["serviceAccountName"]) in accounts
     roles = {d["metadata"]["name"] for d in of(docs, "ClusterRole")}
     for b in of(docs, "ClusterRoleBinding"):

@@ -8,12 +8,13 @@ import os
 import pytest
 
 from cachefs import directio
-from cachefs.diskcache import DiskCache
+from cachefs.diskcache import CacheBusy, DiskCache
 from cachefs.errors import ChecksumError
 
 
 def files(root) -> list[str]:
-    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    """The cache's entry files (not its owner lock)."""
+    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f != ".owner"]
 
 
 def test_put_get_and_partial_reads(tmp_path):
@@ -69,10 +70,39 @@ def test_index_rebuilt_and_torn_files_removed(tmp_path):
     c.put("a/b", b"x" * 1000)
     torn = os.path.join(os.path.dirname(files(tmp_path)[0]), "b.tmp.1234")
     open(torn, "wb").write(b"partial")
+    with pytest.raises(CacheBusy):  # one keeper per directory
+        DiskCache([str(tmp_path)], "u", 1 << 30)
+    c.close()
     again = DiskCache([str(tmp_path)], "u", 1 << 30)
     assert again.get("a/b") == b"x" * 1000
     assert not os.path.exists(torn)
     assert again.used == c.used
+
+
+def test_a_reader_of_anothers_cache_reads_verified_entries_and_writes_nothing(tmp_path):
+    from cachefs.cacheview import CacheView
+
+    keeper = DiskCache([str(tmp_path / "a"), str(tmp_path / "b")], "u", 1 << 30)
+    blocks = {f"v/chunks/0/0/{i}_0_200000": os.urandom(200_000) for i in range(8)}
+    for k, v in blocks.items():
+        keeper.put(k, v)
+    view = CacheView.open([str(tmp_path / "a"), str(tmp_path / "b")], "u")
+    for k, v in blocks.items():
+        assert view.contains(k)
+        assert view.get(k) == v
+        assert view.read_range(k, 70_000, 1000) == v[70_000:71_000]
+    assert view.get("v/chunks/0/0/99_0_1") is None
+    view.put("v/chunks/0/0/99_0_1", b"x")  # the keeper's to keep
+    assert not keeper.contains("v/chunks/0/0/99_0_1") and len(files(tmp_path)) == 8
+    k = next(iter(blocks))
+    path = keeper.entry_path(k)
+    with open(path, "r+b") as f:  # a flipped byte: a miss for the reader, never wrong bytes
+        f.seek(-10, os.SEEK_END)
+        b = f.read(1)
+        f.seek(-10, os.SEEK_END)
+        f.write(bytes([b[0] ^ 1]))
+    assert view.get(k) is None
+    assert CacheView.open([str(tmp_path / "nope")], "u") is None
 
 
 def test_lru_eviction_by_size_and_free_space(tmp_path):

@@ -27,7 +27,9 @@ def _mount_args(*flags: str):
     return build_parser().parse_args(["mount", "sqlite3:///tmp/x.db", "/mnt/x", *flags])
 
 
-SPECIAL = {"session_timeout": "99", "metrics": "127.0.0.1:9999"}  # values only these fields accept
+SPECIAL = {"session_timeout": "99", "metrics": "127.0.0.1:9999", "cache_group": "job",
+           "group_listen": "127.0.0.2:9601"}  # values only these fields accept
+NEEDS = {"group_listen": ("--cache-group", "job"), "no_sharing": ("--cache-group", "job")}  # and their company
 
 
 def _sample(f: dataclasses.Field) -> str:
@@ -47,11 +49,11 @@ def test_every_mount_option_maps_to_a_flag_and_back():
     assert {f"--{n}" for n, f in by_name.items() if n == options.flag_name(f.name)} == flags
     for name, f in by_name.items():
         if f.type == "bool":
-            got = options.from_args(_mount_args(*translate(name)))
+            got = options.from_args(_mount_args(*translate(name), *NEEDS.get(f.name, ())))
             assert getattr(got, f.name) is True
         else:
             value = _sample(f)
-            got = options.from_args(_mount_args(*translate(f"{name}={value}")))
+            got = options.from_args(_mount_args(*translate(f"{name}={value}"), *NEEDS.get(f.name, ())))
             want = type(f.default)(value) * (options.MiB if f.metadata["unit"] == "MiB" else 1)
             assert getattr(got, f.name) == want, name
     assert options.from_args(_mount_args()) == options.Options()  # the flags' defaults are the declared ones

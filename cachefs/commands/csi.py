@@ -22,6 +22,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-volumes", type=int, default=64, help="volumes per node (default 64)")
     p.add_argument("--flush-timeout", type=float, default=300.0,
                    help="seconds a write-back volume mount may flush when its last pod leaves (default 300)")
+    p.add_argument("--group-ip", default="", help="this node's (pod's) address, which volume mounts in a "
+                   "cache group listen on (the DaemonSet passes the pod IP; default: all addresses)")
+    p.add_argument("--group-port", type=int, default=9601, help="the first port of the volume mounts' cache "
+                   "group services on this node (default 9601; one port per volume)")
     p.add_argument("--log", default="", help="log file (default: stderr)")
 
 
@@ -35,4 +39,7 @@ def run(a: argparse.Namespace) -> int:
     handler = logging.FileHandler(a.log) if a.log else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    return serve(a.endpoint, a.node_id, a.state_dir, a.cache_dir, a.mode, a.max_volumes, a.flush_timeout)
+    if not 0 < a.group_port < 65536:
+        raise ConfigError("--group-port must be a port number")
+    return serve(a.endpoint, a.node_id, a.state_dir, a.cache_dir, a.mode, a.max_volumes, a.flush_timeout,
+                 group_ip=a.group_ip, group_port=a.group_port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import uuid
 
 from cachefs.block import BLOCK_FORMAT
@@ -53,7 +54,8 @@ def run(a: argparse.Namespace) -> int:
         parse_bucket(bucket, a.endpoint)
     settings = Settings(name=a.name, uuid=str(uuid.uuid4()), storage=a.storage, bucket=bucket,
                         endpoint=a.endpoint, access_key=a.access_key, secret_key=a.secret_key,
-                        region=a.region, block_size=bs, compression=a.compress, block_format=BLOCK_FORMAT)
+                        region=a.region, block_size=bs, compression=a.compress, block_format=BLOCK_FORMAT,
+                        group_secret=secrets.token_hex(32))
     meta = open_meta(a.meta_url)
     try:
         old = meta.is_formatted()

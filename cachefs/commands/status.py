@@ -34,6 +34,15 @@ def run(a: argparse.Namespace) -> int:
         _total, used, _itotal, inodes = meta.statfs()
         out = {"setting": settings.masked(), "sessions": sessions,
                "usage": {"used_bytes": used, "inodes": inodes}}
+        groups: dict[str, list[dict]] = {}
+        for s in sessions:
+            if s.get("group"):
+                groups.setdefault(s["group"], []).append({
+                    "sid": s["sid"], "address": s.get("group_address") or "(reads only: --no-sharing)",
+                    "weight": s.get("group_weight", 1.0), "heartbeat_age": s["heartbeat_age"],
+                    "cached_bytes": s.get("cached_bytes", 0)})
+        if groups:
+            out["cache_groups"] = groups
         if gone:
             out["pending_of_ended_sessions"] = gone
     print(json.dumps(out, indent=2))

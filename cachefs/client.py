@@ -1,0 +1,536 @@
+"""`cachefs.Client`: the file system in the training process itself, without FUSE.
+
+The same synchronous core as a mount (the metadata engine, the chunk store, the node's disk
+cache, the cache group), reached through paths instead of inodes: no kernel round trip and no
+request handler per read. Files opened here follow the same close-to-open rules as a mount's,
+and fail with the same errors (OSError subclasses from the one errno mapping:
+FileNotFoundError, PermissionError, IsADirectoryError, ...).
+
+One cache per node (cacheview.py): a node's disk cache has one keeper, the process holding its
+owner lock (the node's mount, or a client given a cache_dir). A client without a cache of its
+own reads the cache of this node's mount of the volume, when one runs: hits straight from its
+entry files (immutable, checksummed), misses asked of the mount's block service on loopback,
+which fetches each block once, keeps it and answers; so nothing is cached twice and the mount
+alone counts and evicts. DataLoader workers forked from a client that keeps a cache read it the
+same way, from their parent.
+
+Fork and pickle: a client survives being pickled into DataLoader workers and being used after
+fork: the child builds its own connections and threads at its first call (nothing of the
+parent's is used, nor closed, there).
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import io
+import logging
+import os
+import socket
+import stat as statmod
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+from cachefs.meta.types import ROOT_INODE, TYPE_DIR, TYPE_FILE, TYPE_SYMLINK, Attr
+
+from . import access
+from .access import Caller
+from .errors import CachefsError, FSError, errno_of
+from .handles import Ctx
+from .options import Options
+
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for c in list(_CLIENTS):
+        c._volume = None  # the parent's: its threads did not follow us, its sockets are not ours
+        c._pid = os.getpid()
+        c._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+@atexit.register
+def _exiting() -> None:
+    """A process that ends without close() still commits what it wrote and ends its session."""
+    for c in list(_CLIENTS):
+        try:
+            c.close()
+        except Exception as e:  # noqa: BLE001 - the others must still close
+            logging.getLogger("cachefs").warning("closing a client at exit: %s", e)
+
+
+def _oserror(e: BaseException, path: str) -> OSError:
+    """The OSError subclass the errno maps to (FileNotFoundError for ENOENT, ...)."""
+    err = errno_of(e)
+    return OSError(err, os.strerror(err), path)
+
+
+@dataclass(frozen=True)
+class StatResult:
+    """What os.stat returns, for a path of the volume."""
+
+    st_mode: int
+    st_ino: int
+    st_nlink: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_atime: float
+    st_mtime: float
+    st_ctime: float
+    st_atime_ns: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+
+    @classmethod
+    def of(cls, ino: int, a: Attr) -> StatResult:
+        return cls(a.st_mode, ino, a.nlink, a.uid, a.gid, a.length, a.atime / 1e9, a.mtime / 1e9,
+                   a.ctime / 1e9, a.atime, a.mtime, a.ctime)
+
+
+class DirEntry:
+    """What os.scandir yields, for an entry of a volume's directory."""
+
+    def __init__(self, parent: str, name: str, ino: int, attr: Attr) -> None:
+        self.name = name
+        self.path = f"{parent.rstrip('/')}/{name}"
+        self._ino, self._attr = ino, attr
+
+    def inode(self) -> int:
+        return self._ino
+
+    def is_dir(self, follow_symlinks: bool = True) -> bool:
+        return self._attr.type == TYPE_DIR
+
+    def is_file(self, follow_symlinks: bool = True) -> bool:
+        return self._attr.type == TYPE_FILE
+
+    def is_symlink(self) -> bool:
+        return self._attr.type == TYPE_SYMLINK
+
+    def stat(self, follow_symlinks: bool = True) -> StatResult:
+        return StatResult.of(self._ino, self._attr)
+
+    def __repr__(self) -> str:
+        return f"<DirEntry {self.name!r}>"
+
+
+class Client:
+    """A client of one volume. Keyword arguments are mount options (cachefs/options.py):
+    cache_dir, cache_size (bytes), cache_group, writeback, read_only, ...; meta_url defaults
+    to $CACHEFS_META_URL."""
+
+    def __init__(self, meta_url: str | None = None, **options: Any) -> None:
+        url = meta_url or os.environ.get("CACHEFS_META_URL", "")
+        if not url:
+            raise ValueError("no metadata URL: pass meta_url or set CACHEFS_META_URL")
+        known = {f.name for f in fields(Options)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)} (see cachefs/options.py)")
+        options.setdefault("cache_dir", "")  # a disk cache only when asked (or the node's mount's)
+        if options.get("cache_group"):
+            options.setdefault("no_sharing", True)  # a training process reads the group, serves nothing
+        self.meta_url = url
+        self.options = Options(**options).validate()
+        self._volume = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        _CLIENTS.add(self)
+        self.volume  # noqa: B018 - fail now (unreachable engine, bad URL), not at the first read
+
+    # ---- the volume, made in this process ------------------------------------------------------
+    @property
+    def volume(self) -> Any:
+        if self._volume is None or self._pid != os.getpid():
+            with self._lock:
+                if self._volume is None or self._pid != os.getpid():
+                    self._volume = self._open_volume()
+                    self._pid = os.getpid()
+        return self._volume
+
+    def _open_volume(self) -> Any:
+        from .volume import Volume
+
+        vol = Volume(self.meta_url, self.options, node_cache=True)
+        vol.start({"client": "python", "hostname": socket.gethostname(), "pid": os.getpid()})
+        vol.background.start()
+        return vol
+
+    def __getstate__(self) -> dict:
+        return {"meta_url": self.meta_url, "options": self.options}
+
+    def __setstate__(self, state: dict) -> None:
+        self.meta_url, self.options = state["meta_url"], state["options"]
+        self._volume, self._pid, self._lock = None, os.getpid(), threading.Lock()
+        _CLIENTS.add(self)
+
+    def close(self) -> None:
+        """Commit what is written, end the session (a pickled or forked copy has its own)."""
+        vol, self._volume = self._volume, None
+        if vol is not None and self._pid == os.getpid():
+            vol.background.stop()
+            try:
+                vol.meta.close_session()
+            finally:
+                vol.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- paths ---------------------------------------------------------------------------------
+    @staticmethod
+    def _parts(path: str) -> list[bytes]:
+        """The components of a volume path ('/a/b', 'a/b'); ValueError for one that leaves it."""
+        parts: list[bytes] = []
+        for p in str(path).split("/"):
+            if p in ("", "."):
+                continue
+            if p == "..":
+                if not parts:
+                    raise ValueError(f"path {path!r} is outside the volume")
+                parts.pop()
+                continue
+            parts.append(p.encode())
+        return parts
+
+    def _resolve(self, path: str, parent: bool = False) -> tuple[int, Attr, bytes]:
+        """(inode, attributes, last name) of path; with parent, of its directory and the name
+        in it. Every directory walked through must be searchable by this process (access.py:
+        no kernel checks for us)."""
+        vfs = self.volume.vfs
+        parts = self._parts(path)
+        if parent and not parts:
+            raise ValueError(f"{path!r} names the volume's root")
+        who = Caller.this_process()
+        walk = parts[:-1] if parent else parts
+        try:
+            ino = ROOT_INODE
+            attr = vfs.getattr(ROOT_INODE) if who.uid != 0 or not walk else None
+            for name in walk:
+                if attr is not None:  # (root may search any directory: None until the last)
+                    if attr.type != TYPE_DIR:
+                        raise FSError(errno.ENOTDIR)
+                    if who.uid != 0:
+                        access.check(attr, access.X, who)
+                ino, attr = vfs.lookup(ino, name)
+        except CachefsError as e:
+            raise _oserror(e, path) from None
+        if parent and attr.type != TYPE_DIR:
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return ino, attr, parts[-1] if parts else b""
+
+    def _may(self, path: str, attr: Attr, want: int) -> None:
+        """PermissionError unless this process may `want` on a file with these attributes."""
+        try:
+            access.check(attr, want, Caller.this_process())
+        except CachefsError as e:
+            raise _oserror(e, path) from None
+
+    def _may_change(self, path: str, dir_ino: int, dir_attr: Attr, name: bytes) -> None:
+        """May this process add or remove `name` in the directory (write and search on it, and
+        the sticky bit's rule for an existing entry)?"""
+        who = Caller.this_process()
+        if who.uid == 0:
+            return
+        try:
+            access.check(dir_attr, access.W | access.X, who)
+            if dir_attr.mode & statmod.S_ISVTX:
+                try:
+                    _, victim = self.volume.vfs.lookup(dir_ino, name)
+                except FSError as e:
+                    if e.errno != errno.ENOENT:
+                        raise
+                else:
+                    access.check_sticky(dir_attr, victim, who)
+        except CachefsError as e:
+            raise _oserror(e, path) from None
+
+    def _call(self, path: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except CachefsError as e:
+            raise _oserror(e, path) from None
+
+    # ---- the os-like API -------------------------------------------------------------------------
+    def stat(self, path: str) -> StatResult:
+        ino, attr, _ = self._resolve(path)
+        return StatResult.of(ino, attr)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self._resolve(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def isdir(self, path: str) -> bool:
+        try:
+            return statmod.S_ISDIR(self.stat(path).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def isfile(self, path: str) -> bool:
+        try:
+            return statmod.S_ISREG(self.stat(path).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def scandir(self, path: str = "/") -> list[DirEntry]:
+        ino, attr, _ = self._resolve(path)
+        if attr.type != TYPE_DIR:
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        self._may(path, attr, access.R)
+        entries = self._call(path, self.volume.meta.readdir, ino)
+        return [DirEntry(path, n.decode(errors="surrogateescape"), i, a) for n, i, a in entries]
+
+    def listdir(self, path: str = "/") -> list[str]:
+        return [e.name for e in self.scandir(path)]
+
+    def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
+        """As os.walk, top-down."""
+        entries = self.scandir(top)
+        dirs = [e.name for e in entries if e.is_dir()]
+        yield top, dirs, [e.name for e in entries if not e.is_dir()]
+        for d in dirs:
+            yield from self.walk(f"{top.rstrip('/')}/{d}")
+
+    def mkdir(self, path: str, mode: int = 0o777, exist_ok: bool = False) -> None:
+        parent, pattr, name = self._resolve(path, parent=True)
+        self._may_change(path, parent, pattr, name)
+        try:
+            self.volume.vfs.mkdir(parent, name, mode & ~_umask(), _ctx())
+        except CachefsError as e:
+            if not (exist_ok and errno_of(e) == errno.EEXIST and self.isdir(path)):
+                raise _oserror(e, path) from None
+
+    def makedirs(self, path: str, mode: int = 0o777, exist_ok: bool = False) -> None:
+        parts = self._parts(path)
+        for i in range(1, len(parts) + 1):
+            sub = "/" + b"/".join(parts[:i]).decode(errors="surrogateescape")
+            self.mkdir(sub, mode, exist_ok=exist_ok or i < len(parts))
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomic, and replaces dst (like os.replace)."""
+        p1, a1, n1 = self._resolve(src, parent=True)
+        p2, a2, n2 = self._resolve(dst, parent=True)
+        self._may_change(src, p1, a1, n1)
+        self._may_change(dst, p2, a2, n2)
+        self._call(src, self.volume.vfs.rename, p1, n1, p2, n2)
+
+    replace = rename
+
+    def remove(self, path: str) -> None:
+        parent, pattr, name = self._resolve(path, parent=True)
+        self._may_change(path, parent, pattr, name)
+        self._call(path, self.volume.vfs.unlink, parent, name)
+
+    unlink = remove
+
+    def rmdir(self, path: str) -> None:
+        parent, pattr, name = self._resolve(path, parent=True)
+        self._may_change(path, parent, pattr, name)
+        self._call(path, self.volume.vfs.rmdir, parent, name)
+
+    def clone(self, src: str, dst: str) -> None:
+        """dst as a copy of src that shares its blocks (metadata only)."""
+        ino, attr, _ = self._resolve(src)
+        self._may(src, attr, access.R)
+        parent, pattr, name = self._resolve(dst, parent=True)
+        self._may_change(dst, parent, pattr, name)
+        self._call(dst, self.volume.meta.clone, ino, parent, name, os.geteuid(), os.getegid())
+
+    def open(self, path: str, mode: str = "r", buffering: int = -1, encoding: str | None = None,
+             errors: str | None = None, newline: str | None = None) -> Any:
+        """A file object like open()'s: binary modes give io.BufferedReader / Writer / Random,
+        text modes an io.TextIOWrapper around them."""
+        raw = RawFile(self, path, mode)
+        binary = "b" in mode
+        if buffering == 0:
+            if not binary:
+                raise ValueError("can't have unbuffered text I/O")
+            return raw
+        size = buffering if buffering > 1 else 1 << 20
+        if raw.readable() and raw.writable():
+            buf: Any = io.BufferedRandom(raw, size)
+        elif raw.writable():
+            buf = io.BufferedWriter(raw, size)
+        else:
+            buf = io.BufferedReader(raw, size)
+        return buf if binary else io.TextIOWrapper(buf, encoding or "utf-8", errors, newline)
+
+    def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of a file, in one call (blocks fetched in parallel)."""
+        with RawFile(self, path, "rb") as f:
+            if end is None:
+                f.seek(start)
+                return f.readall()
+            return bytes(f.pread(start, max(0, min(end, f.size) - start)))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with RawFile(self, path, "wb") as f:
+            f.write(data)
+
+    def flush(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        """Wait until what this client wrote is in the object store (write-back)."""
+        return self.volume.flush(timeout)
+
+
+def _ctx() -> Ctx:
+    return Ctx(os.geteuid(), os.getegid(), os.getpid())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class RawFile(io.RawIOBase):
+    """An open file of a Client (the vfs's handle), unbuffered; Client.open wraps it."""
+
+    def __init__(self, client: Client, path: str, mode: str) -> None:
+        super().__init__()
+        self.client, self.name, self.mode = client, path, mode
+        m = mode.replace("b", "").replace("t", "")
+        plus = "+" in m
+        flags = {"r": os.O_RDONLY, "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                 "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL}.get(m[:1])
+        if flags is None or len(m.replace("+", "")) != 1:
+            raise ValueError(f"invalid mode: {mode!r}")
+        if plus:
+            flags = (flags & ~os.O_WRONLY) | os.O_RDWR
+        self._flags = flags
+        vfs = client.volume.vfs
+        self._vfs = vfs
+        ctx = _ctx()
+        try:
+            ino, attr, _ = client._resolve(path)
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                raise
+            parent, pattr, name = client._resolve(path, parent=True)
+            client._may_change(path, parent, pattr, name)
+            self._fh, ino, _ = client._call(path, vfs.create, parent, name, 0o666 & ~_umask(), flags, ctx)
+        else:
+            if attr.type == TYPE_DIR:
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if flags & os.O_EXCL:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+            want = (access.R if self.readable() else 0) | (access.W if self.writable() or flags & os.O_TRUNC else 0)
+            client._may(path, attr, want)
+            self._fh = client._call(path, vfs.open, ino, flags, ctx)
+        self.ino = ino
+        self._pos = 0
+
+    # ---- io.RawIOBase --------------------------------------------------------------------------
+    def readable(self) -> bool:
+        return self._flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)
+
+    def writable(self) -> bool:
+        return self._flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+
+    def seekable(self) -> bool:
+        return True
+
+    @property
+    def size(self) -> int:
+        return self._vfs.getattr(self.ino).length
+
+    def pread(self, offset: int, n: int) -> Any:
+        try:
+            return self._vfs.read(self._fh, offset, n)
+        except CachefsError as e:
+            raise _oserror(e, self.name) from None
+
+    def readinto(self, b: Any) -> int:
+        if not self.readable():
+            raise io.UnsupportedOperation("not readable")
+        data = self.pread(self._pos, len(b))
+        n = len(data)
+        memoryview(b).cast("B")[:n] = data
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        """To the end, in one read where the size is known (its blocks fetched in parallel)."""
+        first = self.pread(self._pos, max(1 << 20, self.size - self._pos))
+        if not first:
+            return b""
+        self._pos += len(first)
+        more = self.pread(self._pos, 1 << 20)
+        if not more:
+            return bytes(first)
+        out = bytearray(first)
+        while more:
+            out += more
+            self._pos += len(more)
+            more = self.pread(self._pos, 1 << 20)
+        return bytes(out)
+
+    def write(self, b: Any) -> int:
+        if not self.writable():
+            raise io.UnsupportedOperation("not writable")
+        data = bytes(b)
+        try:
+            n = self._vfs.write(self._fh, self._pos, data)
+        except CachefsError as e:
+            raise _oserror(e, self.name) from None
+        self._pos = self.size if self._flags & os.O_APPEND else self._pos + n
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        if base + offset < 0:
+            raise OSError(errno.EINVAL, "negative seek position", self.name)
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        try:
+            self._vfs.setattr(self.ino, length=size)
+        except CachefsError as e:
+            raise _oserror(e, self.name) from None
+        return size
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a cachefs client file has no descriptor")
+
+    def flush(self) -> None:
+        if self.closed or not self.writable():
+            return
+        try:
+            self._vfs.flush(self._fh)
+        except CachefsError as e:
+            raise _oserror(e, self.name) from None
+
+    def fsync(self) -> None:
+        try:
+            self._vfs.fsync(self._fh)
+        except CachefsError as e:
+            raise _oserror(e, self.name) from None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()  # flushes
+            self._vfs.release(self._fh)
+        except CachefsError as e:
+            raise _oserror(e, self.name) from None
+
+
+__all__ = ["Client", "DirEntry", "RawFile", "StatResult"]

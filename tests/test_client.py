@@ -1,0 +1,297 @@
+"""cachefs.Client: the file system inside the training process, over the same core, cache and
+errors as a mount; fork, pickle and bad input."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cachefs import Client
+from cachefs.cacheview import CacheView
+from cachefs.errors import CachefsError
+
+from .conftest import run_cli
+from .servers import free_port
+
+pytestmark = pytest.mark.mount
+
+
+def test_file_api_round_trip(volumes):
+    url = volumes.create("sqlite", "file")
+    data = os.urandom(5 << 20)  # more than one block of 4 MiB
+    with Client(url) as c:
+        c.makedirs("/a/b")
+        with c.open("/a/b/f.bin", "wb") as f:
+            assert f.write(data[:1000]) == 1000
+            f.write(data[1000:])
+        with c.open("/a/b/f.bin", "rb") as f:
+            assert f.read(10) == data[:10]
+            f.seek(4 << 20)
+            buf = bytearray(100)
+            assert f.readinto(buf) == 100 and bytes(buf) == data[4 << 20 : (4 << 20) + 100]
+            f.seek(-5, os.SEEK_END)
+            assert f.read() == data[-5:]
+            assert f.read() == b""
+        assert c.read_bytes("/a/b/f.bin") == data
+        assert c.read_bytes("a/b/f.bin", 10, 20) == data[10:20]
+        with c.open("/a/b/f.bin", "r+b") as f:
+            f.seek(3)
+            f.write(b"XYZ")
+        assert c.read_bytes("/a/b/f.bin", 0, 8) == data[:3] + b"XYZ" + data[6:8]
+        with c.open("/a/t.txt", "w") as f:
+            f.write("line one\nline two\n")
+        with c.open("/a/t.txt", "a") as f:
+            f.write("three\n")
+        with c.open("/a/t.txt") as f:
+            assert f.readlines() == ["line one\n", "line two\n", "three\n"]
+        st = c.stat("/a/b/f.bin")
+        assert st.st_size == len(data) and st.st_nlink == 1
+        assert c.exists("/a/b") and c.isdir("/a/b") and c.isfile("/a/b/f.bin") and not c.exists("/nope")
+        assert sorted(c.listdir("/a")) == ["b", "t.txt"]
+        entries = {e.name: e for e in c.scandir("/a")}
+        assert entries["b"].is_dir() and entries["t.txt"].is_file()
+        assert entries["t.txt"].stat().st_size == len("line one\nline two\nthree\n")
+        assert list(c.walk("/a")) == [("/a", ["b"], ["t.txt"]), ("/a/b", [], ["f.bin"])]
+        c.clone("/a/b/f.bin", "/a/copy")
+        assert c.read_bytes("/a/copy") == c.read_bytes("/a/b/f.bin")
+        c.write_bytes("/a/other", b"old")
+        c.rename("/a/copy", "/a/other")  # replaces, like os.replace
+        assert not c.exists("/a/copy") and c.stat("/a/other").st_size == len(data)
+        c.remove("/a/other")
+        c.rename("/a/b", "/a/c")
+        assert c.listdir("/a/c") == ["f.bin"]
+        with pytest.raises(OSError) as e:
+            c.rmdir("/a/c")
+        assert e.value.errno == errno.ENOTEMPTY
+        c.remove("/a/c/f.bin")
+        c.rmdir("/a/c")
+        assert sorted(c.listdir("/a")) == ["t.txt"]
+
+
+def test_errors_are_the_os_errors_of_the_one_mapping(volumes):
+    url = volumes.create("sqlite", "file")
+    with Client(url) as c:
+        c.mkdir("/d")
+        c.write_bytes("/d/f", b"x")
+        with pytest.raises(FileNotFoundError):
+            c.open("/missing")
+        with pytest.raises(FileNotFoundError):
+            c.stat("/d/missing")
+        with pytest.raises(FileNotFoundError):
+            c.open("/nodir/f", "wb")
+        with pytest.raises(IsADirectoryError):
+            c.open("/d")
+        with pytest.raises(NotADirectoryError):
+            c.listdir("/d/f")
+        with pytest.raises(NotADirectoryError):
+            c.open("/d/f/g")
+        with pytest.raises(FileExistsError):
+            c.mkdir("/d")
+        c.mkdir("/d", exist_ok=True)
+        with pytest.raises(FileExistsError):
+            c.open("/d/f", "xb")
+        with pytest.raises(ValueError, match="outside the volume"):
+            c.stat("/../etc/passwd")
+        with pytest.raises(ValueError, match="invalid mode"):
+            c.open("/d/f", "rw")
+        for act in (lambda: c.mkdir("/.stats"), lambda: c.rename("/d/f", "/d/.control")):
+            with pytest.raises(PermissionError):  # names reserved for the mount's internal files
+                act()
+        assert b"cachefs_" in c.read_bytes("/.stats")  # this client's own metrics
+        with c.open("/d/f", "rb") as f, pytest.raises(OSError):
+            f.write(b"y")
+        with pytest.raises(TypeError, match="unknown option"):
+            Client(url, cache_sise=1)
+    with Client(url, read_only=True) as ro:
+        assert ro.read_bytes("/d/f") == b"x"
+        for act in (lambda: ro.open("/d/f", "wb"), lambda: ro.write_bytes("/d/new", b"z"),
+                    lambda: ro.mkdir("/e"), lambda: ro.remove("/d/f")):
+            with pytest.raises(OSError) as e:
+                act()
+            assert e.value.errno == errno.EROFS
+
+
+def test_unreachable_engine_and_object_store_fail_within_seconds(tmp_path, volumes):
+    t0 = time.monotonic()
+    with pytest.raises(CachefsError, match="cannot reach Redis"):
+        Client(f"redis://127.0.0.1:{free_port()}/1")
+    assert time.monotonic() - t0 < 10
+    with socket.socket() as s:  # accepts connections, never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen(10)
+        t0 = time.monotonic()
+        with pytest.raises(CachefsError, match="cannot reach Redis"):
+            Client(f"redis://127.0.0.1:{s.getsockname()[1]}/1")
+        assert time.monotonic() - t0 < 15
+    with pytest.raises(ValueError, match="no metadata URL"):
+        Client("")
+    port = free_port()
+    from cachefs.meta import open_meta
+
+    # a volume whose object store is gone: format it against a live one, then point it away
+    url = volumes.create("sqlite", "s3")
+    meta = open_meta(url)
+    settings = meta.load()
+    settings.bucket = f"http://127.0.0.1:{port}/gone"
+    meta.update_settings(settings)
+    meta.close_engine()
+    t0 = time.monotonic()
+    with pytest.raises(CachefsError, match="cannot reach S3"):
+        Client(url)
+    assert time.monotonic() - t0 < 15
+
+
+def test_permissions_of_the_calling_process(volumes):
+    """The kernel checks modes for a mount; the client checks them itself, as the process's uid."""
+    url = volumes.create("redis", "s3")
+    with Client(url) as c:
+        c.write_bytes("/secret", b"root only")
+        c.volume.vfs.setattr(c.stat("/secret").st_ino, mode=0o600)
+        c.mkdir("/pub", 0o755)
+        c.write_bytes("/pub/f", b"everyone")
+        c.mkdir("/tmpd")
+        c.volume.vfs.setattr(c.stat("/tmpd").st_ino, mode=0o1777)
+        c.write_bytes("/tmpd/roots", b"r")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nobody, with a client of its own, checked as its euid
+        os.close(r)
+        msg = b""
+        try:
+            c = Client(url)  # built as root: boto's data files under /root are not nobody's
+            c.stat("/")
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            msg = _as_nobody(c).encode()
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            msg = f"{type(e).__name__}: {e}".encode()
+        finally:
+            os.write(w, msg or b"ok")
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        report = f.read().decode()
+    os.waitpid(pid, 0)
+    assert report == "ok", report
+
+
+def _as_nobody(c: Client) -> str:
+    try:
+        for act, args in ((c.read_bytes, ("/secret",)), (c.write_bytes, ("/pub/new", b"x")),
+                          (c.remove, ("/pub/f",)), (c.mkdir, ("/pub/d",)),
+                          (c.remove, ("/tmpd/roots",))):  # sticky: not ours
+            try:
+                act(*args)
+            except PermissionError:
+                continue
+            return f"{act.__name__}{args} was allowed"
+        assert c.read_bytes("/pub/f") == b"everyone"
+        c.write_bytes("/tmpd/mine", b"m")  # world-writable: allowed, and owned by us
+        assert c.stat("/tmpd/mine").st_uid == 65534
+        c.remove("/tmpd/mine")
+        return ""
+    finally:
+        c.close()
+
+
+def test_fork_and_pickle_rebuild_the_client_in_the_child(volumes):
+    url = volumes.create("redis", "s3")
+    c = Client(url)
+    try:
+        c.write_bytes("/parent", b"p" * 100_000)
+        assert c.read_bytes("/parent") == b"p" * 100_000
+        pid = os.fork()
+        if pid == 0:  # the child: its own connections and threads
+            code = 1
+            try:
+                assert c.read_bytes("/parent") == b"p" * 100_000
+                c.write_bytes("/child", b"c" * 5000)
+                c.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # the parent's client still works after the child used (and closed) its own
+        assert c.read_bytes("/child") == b"c" * 5000
+        assert c.read_bytes("/parent") == b"p" * 100_000
+        clone = pickle.loads(pickle.dumps(c))
+        assert clone.read_bytes("/child") == b"c" * 5000
+        clone.close()
+        script = ("import pickle, sys; c = pickle.load(sys.stdin.buffer); "
+                  "sys.stdout.write(c.read_bytes('/child').decode()); c.close()")
+        res = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(c), capture_output=True,
+                             timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == b"c" * 5000
+    finally:
+        c.close()
+
+
+def _stats(mp: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in open(os.path.join(mp, ".stats")):
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def _cache_entries(cache_dir: str) -> tuple[int, int]:
+    n = size = 0
+    for d, _, files in os.walk(cache_dir):
+        if "/raw" in d or d.endswith("/raw"):
+            for f in files:
+                n += 1
+                size += os.path.getsize(os.path.join(d, f))
+    return n, size
+
+
+def test_mount_and_client_see_each_others_files_and_share_one_cache(volumes, mounts, tmp_path):
+    url = volumes.create("redis", "s3")
+    cache = str(tmp_path / "node-cache")
+    mp = mounts.mount(url, "--cache-dir", cache)
+    files = {f"/d/f{i}": os.urandom(3 << 20) for i in range(4)}  # 12 MiB, 4 blocks
+    os.mkdir(os.path.join(mp, "d"))
+    with Client(url) as c:
+        assert c.volume.peers is not None  # reads through this node's mount
+        for path, data in files.items():
+            c.write_bytes(path, data)
+        for path, data in files.items():  # written by the client, read through the mount
+            with open(mp + path, "rb") as f:
+                assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+        with open(os.path.join(mp, "d/from-mount"), "wb") as f:
+            f.write(b"m" * 777_777)
+        assert c.read_bytes("/d/from-mount") == b"m" * 777_777  # and the other way round
+    # a cold read by a fresh client lands in the mount's cache, once
+    run_cli("umount", mp)
+    mounts.active.remove(mp)
+    mp = mounts.mount(url, "--cache-dir", cache, path=mp)
+    before = _stats(mp)
+    with Client(url) as c:
+        for path, data in files.items():
+            assert c.read_bytes(path) == data
+        gets = _stats(mp).get('cachefs_object_requests_total{op="get"}', 0)
+        for path, data in files.items():  # again: from the mount's cache, no object GET
+            assert c.read_bytes(path) == data
+        after = _stats(mp)
+        assert after.get('cachefs_object_requests_total{op="get"}', 0) == gets
+        assert isinstance(c.volume.cache, CacheView)  # a view of the mount's, no second cache
+    for path, data in files.items():  # the mount finds what the client fetched
+        with open(mp + path, "rb") as f:
+            assert f.read() == data
+    final = _stats(mp)
+    assert final.get('cachefs_object_requests_total{op="get"}', 0) == gets
+    assert final["cachefs_cache_hits_total"] > before.get("cachefs_cache_hits_total", 0)
+    n, size = _cache_entries(cache)
+    assert n == final["cachefs_cache_blocks"]  # one entry per block, no double entries
+    assert size == final["cachefs_cache_bytes"]  # and the accounting matches the disk
