@@ -86,6 +86,8 @@ def _own(base: str) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, FILE_MODE)  # empty, but kept as private as the entries beside it
     except OSError as e:
         os.close(fd)
         if e.errno in (errno.EAGAIN, errno.EACCES):

@@ -47,7 +47,9 @@ class BlockService:
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread is not None:  # shutdown() waits for a serve_forever that must be running
+            self.server.shutdown()
+            self._thread = None
         self.server.server_close()
 
     def block_of(self, key: str) -> tuple[int, int, int] | None:
