@@ -14,7 +14,7 @@ client that keeps one, a second mount pointed at the same directory) is a reader
   block once, however many ask, keeps it, and sends the entry file back.
 
 So blocks are fetched once per node and kept once, and only the keeper writes, evicts and counts
-the cache's size. What the keeper cannot see is a reader's hit: its LRU order is its own reads'
+the cache's size. What the keeper cannot see is a reader's hit: its use stamps are its own reads'
 and its peers' requests, not the readers' (a block only readers use is evicted first).
 """
 

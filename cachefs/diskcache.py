@@ -1,5 +1,5 @@
 """The local block cache on NVMe: one or more directories, blocks spread by hash, bounded by a
-size limit and a minimum free-space ratio, LRU eviction, crash-safe entries (written to a
+size limit and a minimum free-space ratio, 2-random eviction (eviction.py), crash-safe entries (written to a
 temporary name and renamed), an index rebuilt from disk at start, and directories that fail
 are dropped while the mount carries on.
 
@@ -23,6 +23,7 @@ import xxhash
 
 from .directio import AlignedBuffers, AtomicWriter
 from .errors import ChecksumError
+from .eviction import EntryTable
 from .fileutil import FILE_MODE, private_dirs, tighten
 from .metrics import Metrics
 
@@ -117,7 +118,7 @@ class DiskCache:
         self.metrics = metrics or Metrics()
         self._lock = threading.Lock()
         self._buffers = AlignedBuffers(8)  # direct I/O: at most 8 entries in flight, 8 reused buffers
-        self._entries: OrderedDict[str, tuple[CacheDir, int]] = OrderedDict()  # LRU order
+        self._entries: EntryTable[tuple[CacheDir, int]] = EntryTable()  # 2-random eviction (eviction.py)
         self._later: queue.Queue | None = None
         self._fds: OrderedDict[str, list] = OrderedDict()  # key -> [fd, readers, dropped] (open entries)
         self._tables: OrderedDict[str, bytes] = OrderedDict()  # key -> header and checksum table
@@ -163,7 +164,7 @@ class DiskCache:
         found.sort()
         for _, key, size in found:
             if key not in self._entries:
-                self._entries[key] = (cd, size)
+                self._entries.add(key, (cd, size))
                 self.used += size
 
     def _publish(self) -> None:
@@ -201,7 +202,7 @@ class DiskCache:
             entry = self._entries.get(key)
             if entry is None or not entry[0].alive:
                 return None
-            self._entries.move_to_end(key)
+            self._entries.touch(key)
         return entry[0].path(key)
 
     def contains(self, key: str) -> bool:
@@ -215,7 +216,7 @@ class DiskCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                self._entries.move_to_end(key)
+                self._entries.touch(key)
                 held = self._fds.get(key)
                 if held is not None and entry[0].alive:
                     held[1] += 1
@@ -390,7 +391,7 @@ class DiskCache:
             self._fail(cd, e)
             return
         with self._lock:
-            self._entries[key] = (cd, size)
+            self._entries.add(key, (cd, size))
             self.used += size
         self.metrics.cache_write_bytes.inc(size)
         self._evict()
@@ -404,8 +405,8 @@ class DiskCache:
         return st.f_bavail < st.f_blocks * self.free_ratio
 
     def _evict(self, need: int = 0) -> None:
-        """Drop least recently used blocks until under the size limit and every live directory
-        keeps its minimum free space."""
+        """Drop blocks (the older of two random ones each time) until under the size limit and
+        every live directory keeps its minimum free space."""
         while True:
             with self._lock:
                 if not self._entries:
@@ -416,7 +417,7 @@ class DiskCache:
                     victim_dir = next((d for d in self._live() if self._low_on_space(d)), None)
                     if victim_dir is None:
                         return
-                key = next((k for k, (d, _) in self._entries.items() if victim_dir in (None, d)), None)
+                key = self._entries.victim(lambda e, v=victim_dir: v in (None, e[0]))
                 if key is None:
                     return
                 cd, size = self._entries.pop(key)
@@ -432,7 +433,7 @@ class DiskCache:
 
     def _forget(self, key: str) -> None:
         with self._lock:
-            entry = self._entries.pop(key, None)
+            entry = self._entries.pop(key)
             self._close(key)
             if entry is not None:
                 self.used -= entry[1]
@@ -440,7 +441,7 @@ class DiskCache:
     def drop(self, key: str) -> None:
         """Remove one entry (corrupt, or evicted on request)."""
         with self._lock:
-            entry = self._entries.pop(key, None)
+            entry = self._entries.pop(key)
             self._close(key)
             if entry is not None:
                 self.used -= entry[1]

@@ -105,15 +105,26 @@ def test_a_reader_of_anothers_cache_reads_verified_entries_and_writes_nothing(tm
     assert CacheView.open([str(tmp_path / "nope")], "u") is None
 
 
-def test_lru_eviction_by_size_and_free_space(tmp_path):
+def test_eviction_by_size_keeps_the_newest_and_survives_a_cyclic_scan(tmp_path):
     c = DiskCache([str(tmp_path / "s")], "u", 3 * 110_000)
-    for k in "abcd":
+    for k in "abcdefgh":
         c.put(k, os.urandom(100_000))
-    c.get("b")  # recently used
-    c.put("e", os.urandom(100_000))
-    assert not c.contains("a") and not c.contains("c")
-    assert c.contains("b") and c.contains("e")
-    assert c.used <= 3 * 110_000
+        assert c.contains(k)  # the entry just used is never the one evicted
+        assert c.used <= 3 * 110_000
+    # an epoch-style scan over 25 entries with room for 20: LRU would evict each entry just
+    # before its next read and hit nothing; the older of two random ones keeps most of them
+    scan = DiskCache([str(tmp_path / "scan")], "u", 20 * 1100)
+    data = {f"k{i}": os.urandom(1000) for i in range(25)}
+    hits = 0
+    for epoch in range(8):
+        for k, v in data.items():
+            got = scan.get(k)
+            if got is None:
+                scan.put(k, v)
+            else:
+                assert bytes(got) == v
+                hits += epoch >= 3
+    assert hits > 0.4 * 5 * 25, hits
     full = DiskCache([str(tmp_path / "f")], "u", 1 << 30, free_ratio=0.99999)
     full.put("x", b"1" * 1000)
     assert not full.contains("x")  # the disk never has that much free space
