@@ -37,8 +37,7 @@ class BlockService:
         class Handler(_Handler):
             owner = service
 
-        self.server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host or "0.0.0.0", int(port)), Handler)
         self.port = self.server.server_address[1]
         self._thread: threading.Thread | None = None
 
@@ -57,6 +56,13 @@ class BlockService:
         if not key.startswith(f"{self.chunks.volume}/chunks/"):
             return None
         return parse_block_key(key)
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 dropped the connects of a DataLoader's workers
+    # opening their pools at once (each waited out a SYN retry, past the peer timeout)
+    request_queue_size = 512
+    daemon_threads = True
 
 
 class _Handler(BaseHTTPRequestHandler):
