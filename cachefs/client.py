@@ -444,7 +444,10 @@ class RawFile(io.RawIOBase):
 
     @property
     def size(self) -> int:
-        return self._vfs.getattr(self.ino).length
+        # open has just revalidated the attributes (close-to-open) and our own writes update
+        # them: the cached copy saves a round trip per file read whole
+        attr = self._vfs.cached_getattr(self.ino)
+        return (attr if attr is not None else self._vfs.getattr(self.ino)).length
 
     def pread(self, offset: int, n: int) -> Any:
         try:
