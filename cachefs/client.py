@@ -206,7 +206,9 @@ class Client:
     def _resolve(self, path: str, parent: bool = False) -> tuple[int, Attr, bytes]:
         """(inode, attributes, last name) of path; with parent, of its directory and the name
         in it. Every directory walked through must be searchable by this process (access.py:
-        no kernel checks for us)."""
+        no kernel checks for us). Entries and attributes this client saw within the entry and
+        attribute timeouts are taken from its metadata cache, as a mount's kernel takes its
+        dentries: a deep path costs no round trip per directory (open still revalidates)."""
         vfs = self.volume.vfs
         parts = self._parts(path)
         if parent and not parts:
@@ -215,14 +217,14 @@ class Client:
         walk = parts[:-1] if parent else parts
         try:
             ino = ROOT_INODE
-            attr = vfs.getattr(ROOT_INODE) if who.uid != 0 or not walk else None
+            attr = (vfs.cached_getattr(ROOT_INODE) or vfs.getattr(ROOT_INODE)) if who.uid != 0 or not walk else None
             for name in walk:
                 if attr is not None:  # (root may search any directory: None until the last)
                     if attr.type != TYPE_DIR:
                         raise FSError(errno.ENOTDIR)
                     if who.uid != 0:
                         access.check(attr, access.X, who)
-                ino, attr = vfs.lookup(ino, name)
+                ino, attr = vfs.cached_lookup(ino, name) or vfs.lookup(ino, name)
         except CachefsError as e:
             raise _oserror(e, path) from None
         if parent and attr.type != TYPE_DIR:

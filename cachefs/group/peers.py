@@ -32,7 +32,7 @@ from .ring import Member, Ring
 log = logging.getLogger("cachefs.group")
 
 CONNECT_TIMEOUT = 0.5
-READ_TIMEOUT = 5.0  # a peer that takes longer for a block is skipped: the object store answers
+READ_TIMEOUT = 3.0  # a peer that takes longer for a block (twice) is skipped: the object store answers
 DOWN_FOR = 3.0  # seconds a peer that could not be reached is skipped (then tried again)
 
 
@@ -54,7 +54,11 @@ class Peers:
         self.cached_bytes = cached_bytes
         self.fixed = fixed
         self.ring = Ring([fixed] if fixed is not None else [])
-        self.http = urllib3.PoolManager(num_pools=64, maxsize=8, retries=False,
+        # one retry on a fresh connection: a pooled keep-alive connection the peer has closed
+        # is no reason to mark the peer down (and send its blocks to the object store) for
+        # DOWN_FOR seconds
+        retry = urllib3.Retry(total=1, connect=1, read=1, status=0, other=0, redirect=False)
+        self.http = urllib3.PoolManager(num_pools=64, maxsize=8, retries=retry,
                                         timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
