@@ -100,9 +100,12 @@ class Sessions:
         """Sessions that stopped heartbeating for `timeout` seconds, by the engine's clock, are
         cleaned by any client; not by one that itself could not reach the engine within the
         last `timeout` seconds (the others' heartbeats could not reach it either)."""
-        cleaned = self.stale_sessions(timeout)
-        for sid in cleaned:
+        cleaned = []
+        for sid in self.stale_sessions(timeout):
+            if not self.retry.settled(timeout):  # an outage since the listing
+                break
             self.clean_session(sid)
+            cleaned.append(sid)
         return cleaned
 
     def stale_sessions(self, timeout: float) -> list[int]:
@@ -110,8 +113,11 @@ class Sessions:
         client has not been connected that long since an outage)."""
         if not self.retry.settled(timeout):
             return []
+        sessions = self._session_list()
         cutoff = self.now() - timeout
-        return [s.sid for s in self._session_list() if s.sid != self.sid and s.heartbeat < cutoff]
+        if not self.retry.settled(timeout):  # the listing itself waited out an outage
+            return []
+        return [s.sid for s in sessions if s.sid != self.sid and s.heartbeat < cutoff]
 
     def close_session(self) -> None:
         if self.sid:

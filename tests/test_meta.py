@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 import uuid
 
 import pytest
@@ -234,6 +235,27 @@ def test_dead_session_is_cleaned(meta, meta_url):
     assert meta.clean_stale_sessions(10) == [other.sid]
     assert err(meta.getattr, f) == errno.ENOENT
     assert [s.sid for s in meta.sessions()] == [meta.sid]
+
+
+def test_no_session_is_taken_for_dead_by_a_listing_that_waited_out_an_outage(meta, meta_url):
+    """A cleaner that had seen no outage before it listed the sessions, but whose listing waited
+    one out, must not take the others for dead: their heartbeats could not land either."""
+    other = open_meta(meta_url)
+    other.load()
+    other.new_session({})
+    other._session_put(other.sid, 0.0, {})  # silent, as every session is during an outage
+    real = meta._session_list
+
+    def through_an_outage():
+        meta.retry._failed(time.monotonic(), Exception("connection refused"))
+        meta.retry._recovered()  # the engine answers again: the listing returns
+        return real()
+
+    meta._session_list = through_an_outage
+    assert meta.clean_stale_sessions(10) == []
+    meta._session_list = real
+    meta.retry.connected_since -= 10  # once connected for a session timeout, it may clean
+    assert meta.clean_stale_sessions(10) == [other.sid]
 
 
 def test_pending_slices_recorded_with_commit_and_kept_past_session(meta, meta_url):
