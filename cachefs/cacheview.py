@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import zlib
 
-from .diskcache import HEADER, TABLE_READ, _layout, _verify
+from .diskcache import HEADER, _verify, read_table
 from .errors import ChecksumError
 from .metrics import Metrics
 
@@ -68,10 +68,7 @@ class CacheView:
             self.metrics.cache_misses.inc()
             return None
         try:
-            table = os.pread(fd, TABLE_READ, 0)
-            length, seg, start = _layout(table, key)
-            if len(table) < start:
-                table = os.pread(fd, start, 0)
+            table, length, seg, start = read_table(fd, key)
             if n is None:
                 n = length - offset
             if n <= 0 or offset < 0 or offset + n > length:

@@ -47,6 +47,16 @@ def entry_header(plain: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(plain), SEGMENT) + sums
 
 
+def read_table(fd: int, key: str, known: bytes | None = None) -> tuple[bytes, int, int, int]:
+    """(header and checksum table, plain length, segment size, offset of the data) of an open
+    entry; `known` is a table already read (one pread saved), else it is read from the file."""
+    table = known if known is not None else os.pread(fd, TABLE_READ, 0)
+    length, seg, start = _layout(table, key)
+    if len(table) < start:
+        table = os.pread(fd, start, 0)
+    return table, length, seg, start
+
+
 def _layout(head: bytes, key: str) -> tuple[int, int, int]:
     """(plain length, segment size, offset of the data) of an entry, or ChecksumError."""
     if len(head) < HEADER.size:
@@ -286,12 +296,7 @@ class DiskCache:
             return None
         fd, cd = opened
         try:
-            table = self._tables.get(key)
-            if table is None:
-                table = os.pread(fd, TABLE_READ, 0)
-            length, seg, start = _layout(table, key)
-            if len(table) < start:
-                table = os.pread(fd, start, 0)
+            table, length, seg, start = read_table(fd, key, self._tables.get(key))
             if n is None:
                 n = length - offset
             if n <= 0 or offset < 0 or offset + n > length:

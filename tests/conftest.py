@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from .faultproxy import FaultProxy
 from .servers import RedisCluster, RedisServer, S3Server
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -169,7 +170,20 @@ def own_s3():
         server.stop()
 
 
-def s3_volume(volumes, server: S3Server) -> str:
+@pytest.fixture
+def proxied_s3():
+    """An S3 server of this test's own behind a fault-injecting, request-counting proxy."""
+    server = S3Server()
+    proxy = FaultProxy(server.endpoint)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+        server.stop()
+
+
+def s3_volume(volumes, server: S3Server | FaultProxy) -> str:
+    """A fresh Redis-metadata volume in a fresh bucket of that server (or proxy)."""
     url = volumes.meta_url("redis")
     run_cli("format", url, f"wb{uuid.uuid4().hex[:6]}", "--storage", "s3", "--bucket",
             server.bucket_url(f"b-{uuid.uuid4().hex[:12]}"))

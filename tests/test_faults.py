@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 import pytest
 
-from .conftest import run_cli, wait_for
-from .faultproxy import Fault, FaultProxy
-from .servers import RedisServer, S3Server
+from .conftest import run_cli, s3_volume, wait_for
+from .faultproxy import Fault
+from .servers import RedisServer
 
 pytestmark = pytest.mark.mount
 
@@ -59,27 +58,9 @@ def fsck_clean(url: str, env: dict | None = None) -> None:
     assert " 0 damaged" in res.stdout, res.stdout
 
 
-@pytest.fixture
-def proxied_s3():
-    server = S3Server()
-    proxy = FaultProxy(server.endpoint)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-        server.stop()
-
-
-def _s3_volume(volumes, proxy: FaultProxy) -> str:
-    url = volumes.meta_url("redis")
-    run_cli("format", url, f"f{uuid.uuid4().hex[:6]}", "--storage", "s3", "--bucket",
-            proxy.bucket_url(f"b-{uuid.uuid4().hex[:10]}"))
-    return url
-
-
 @pytest.mark.parametrize("kind", ["error", "reset", "truncate", "corrupt"])
 def test_object_store_faults_are_ridden_through(kind, volumes, mounts, proxied_s3, tmp_path):
-    url = _s3_volume(volumes, proxied_s3)
+    url = s3_volume(volumes, proxied_s3)
     ops = {"GET"} if kind == "corrupt" else {"GET", "PUT", "HEAD", "LIST", "DELETE"}
     a = mounts.mount(url, *FAST)
     proxied_s3.set(Fault(kind, 0.25, ops))
@@ -101,7 +82,7 @@ def test_object_store_faults_are_ridden_through(kind, volumes, mounts, proxied_s
 
 def test_object_store_stall_during_write_through_costs_its_length(volumes, mounts, proxied_s3):
     """S3 stops answering mid-write: the close waits for it instead of failing the file."""
-    url = _s3_volume(volumes, proxied_s3)
+    url = s3_volume(volumes, proxied_s3)
     a = mounts.mount(url, *FAST)
     data = os.urandom(48 << 20)
     path = os.path.join(a, "big")
@@ -120,7 +101,7 @@ def test_object_store_stall_during_write_through_costs_its_length(volumes, mount
 
 
 def test_mount_starts_through_a_flaky_object_store(volumes, mounts, proxied_s3):
-    url = _s3_volume(volumes, proxied_s3)
+    url = s3_volume(volumes, proxied_s3)
     proxied_s3.set(Fault("error", 0.5))
     for i in range(8):
         mp = mounts.mount(url, *FAST)

@@ -13,16 +13,13 @@ import urllib.error
 import urllib.request
 import uuid
 
-import pytest
-
 from cachefs.group.auth import HEADER, sign
 from cachefs.group.ring import Member, Ring
 from cachefs.meta import open_meta
 from cachefs.metrics import Metrics
 from cachefs.objects import open_store
 
-from .conftest import run_cli, wait_for
-from .faultproxy import FaultProxy
+from .conftest import run_cli, s3_volume, wait_for
 from .servers import S3Server, free_port
 
 FAST = ("--upload-defer", "0", "--buffer-size", "64")
@@ -56,25 +53,6 @@ def test_signatures_refuse_wrong_old_and_replayed_requests():
 
 
 # ---- mounts --------------------------------------------------------------------------------------
-@pytest.fixture
-def counted_s3():
-    """An S3 server behind a proxy that counts the requests of each kind."""
-    server = S3Server()
-    proxy = FaultProxy(server.endpoint)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-        server.stop()
-
-
-def _volume(volumes, proxy: FaultProxy) -> str:
-    url = volumes.meta_url("redis")
-    run_cli("format", url, f"g{uuid.uuid4().hex[:6]}", "--storage", "s3", "--bucket",
-            proxy.bucket_url(f"b-{uuid.uuid4().hex[:10]}"))
-    return url
-
-
 def _member(mounts, url: str, n: int, *flags: str) -> str:
     return mounts.mount(url, *FAST, "--cache-group", "job", "--group-listen", f"127.0.0.{n + 1}:{free_port()}",
                         *flags)
@@ -112,8 +90,8 @@ def _metric(mp: str, prefix: str) -> float:
     return sum(float(line.split()[-1]) for line in open(os.path.join(mp, ".stats")) if line.startswith(prefix))
 
 
-def test_three_members_read_a_dataset_cold_with_one_get_per_block(volumes, mounts, counted_s3):
-    url = _volume(volumes, counted_s3)
+def test_three_members_read_a_dataset_cold_with_one_get_per_block(volumes, mounts, proxied_s3):
+    url = s3_volume(volumes, proxied_s3)
     writer = mounts.mount(url, *FAST)
     digest = _write(writer, "data", 512 << 20)
     mounts.umount(writer)
@@ -121,7 +99,7 @@ def test_three_members_read_a_dataset_cold_with_one_get_per_block(volumes, mount
     for mp in members:
         wait_for(lambda mp=mp: _group_size(mp) == 3, 20)
     _drop_caches()
-    before = counted_s3.count("GET")
+    before = proxied_s3.count("GET")
     results: list[bytes] = []
     threads = [threading.Thread(target=lambda mp=mp: results.append(_read(mp, "data"))) for mp in members]
     for t in threads:
@@ -129,13 +107,13 @@ def test_three_members_read_a_dataset_cold_with_one_get_per_block(volumes, mount
     for t in threads:
         t.join(300)
     assert results == [digest] * 3
-    gets = counted_s3.count("GET") - before
+    gets = proxied_s3.count("GET") - before
     assert gets <= 1.1 * 128, gets  # 128 blocks of 4 MiB: about one GET each, not three
     assert sum(_metric(mp, 'cachefs_peer_blocks_total{') for mp in members) > 0
 
 
-def test_pooled_capacity_second_epoch_barely_touches_the_object_store(volumes, mounts, counted_s3):
-    url = _volume(volumes, counted_s3)
+def test_pooled_capacity_second_epoch_barely_touches_the_object_store(volumes, mounts, proxied_s3):
+    url = s3_volume(volumes, proxied_s3)
     writer = mounts.mount(url, *FAST)
     digests = {f"f{i}": _write(writer, f"f{i}", 40 << 20) for i in range(6)}  # 240 MiB
     mounts.umount(writer)
@@ -145,16 +123,16 @@ def test_pooled_capacity_second_epoch_barely_touches_the_object_store(volumes, m
     epochs = []
     for _ in range(2):
         _drop_caches()
-        before = counted_s3.count("GET")
+        before = proxied_s3.count("GET")
         for mp in members:
             for name, digest in digests.items():
                 assert _read(mp, name) == digest
-        epochs.append(counted_s3.count("GET") - before)
+        epochs.append(proxied_s3.count("GET") - before)
     assert epochs[1] <= 0.1 * epochs[0], epochs
 
 
-def test_killed_member_others_keep_reading_and_the_ring_recovers(volumes, mounts, counted_s3):
-    url = _volume(volumes, counted_s3)
+def test_killed_member_others_keep_reading_and_the_ring_recovers(volumes, mounts, proxied_s3):
+    url = s3_volume(volumes, proxied_s3)
     writer = mounts.mount(url, *FAST)
     digest = _write(writer, "data", 96 << 20)
     mounts.umount(writer)
@@ -173,8 +151,8 @@ def test_killed_member_others_keep_reading_and_the_ring_recovers(volumes, mounts
     assert _read(members[0], "data") == digest
 
 
-def test_corrupted_block_on_a_peer_is_caught_and_read_from_the_store(volumes, mounts, counted_s3, tmp_path):
-    url = _volume(volumes, counted_s3)
+def test_corrupted_block_on_a_peer_is_caught_and_read_from_the_store(volumes, mounts, proxied_s3, tmp_path):
+    url = s3_volume(volumes, proxied_s3)
     writer = mounts.mount(url, *FAST)
     digest = _write(writer, "data", 64 << 20)
     mounts.umount(writer)
@@ -200,8 +178,8 @@ def test_corrupted_block_on_a_peer_is_caught_and_read_from_the_store(volumes, mo
     assert _metric(a, 'cachefs_checksum_errors_total{source="peer"}') > 0
 
 
-def test_unsigned_wrong_and_replayed_requests_get_no_bytes(volumes, mounts, counted_s3):
-    url = _volume(volumes, counted_s3)
+def test_unsigned_wrong_and_replayed_requests_get_no_bytes(volumes, mounts, proxied_s3):
+    url = s3_volume(volumes, proxied_s3)
     host = "127.0.0.2"
     port = free_port()
     a = mounts.mount(url, *FAST, "--cache-group", "job", "--group-listen", f"{host}:{port}")
@@ -251,8 +229,8 @@ def test_write_back_blocks_are_served_by_their_writer_before_upload(volumes, mou
         own.stop()
 
 
-def test_a_joining_member_takes_only_its_share(volumes, mounts, counted_s3):
-    url = _volume(volumes, counted_s3)
+def test_a_joining_member_takes_only_its_share(volumes, mounts, proxied_s3):
+    url = s3_volume(volumes, proxied_s3)
     writer = mounts.mount(url, *FAST)
     digest = _write(writer, "data", 128 << 20)  # 32 blocks
     mounts.umount(writer)
@@ -261,12 +239,12 @@ def test_a_joining_member_takes_only_its_share(volumes, mounts, counted_s3):
         wait_for(lambda mp=mp: _group_size(mp) == 2, 20)
     assert _read(members[0], "data") == digest
     _drop_caches()
-    before = counted_s3.count("GET")
+    before = proxied_s3.count("GET")
     members.append(_member(mounts, url, 3))
     for mp in members:
         wait_for(lambda mp=mp: _group_size(mp) == 3, 20)
     reads = [_read(mp, "data") for mp in members]
     assert reads == [digest] * 3
-    moved = counted_s3.count("GET") - before  # the blocks the new member owns now, fetched once
+    moved = proxied_s3.count("GET") - before  # the blocks the new member owns now, fetched once
     fallbacks = sum(_metric(mp, "cachefs_peer_fallbacks_total") for mp in members)
     assert 0 < moved <= 0.5 * 32, (moved, fallbacks)
