@@ -15,6 +15,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from cachefs.meta.records import RENAME_EXCHANGE
 from cachefs.meta.types import TYPE_DIR, Attr
 
 from .errors import errno_of
@@ -115,11 +116,12 @@ class Operations(pyfuse3.Operations):
         """The reply naming ino at parent/name; a directory another node moved here is dropped
         from the kernel's cache under its old name first (kernelcache.py)."""
         if attr.type == TYPE_DIR:
-            stale = self.dirs.seen(ino, parent, name)
-            if stale is not None:
-                await self.hop.run(functools.partial(self.dirs.drop, ino, *stale))
-            if self.dirs.dropping(ino):
+            stale = self.dirs.elsewhere(ino, parent, name)
+            if stale:
+                await self.hop.run(functools.partial(self.dirs.drop, ino, stale))
+            if self.dirs.dropping(ino, parent, name):
                 raise pyfuse3.FUSEError(errno.ENOENT)
+            self.dirs.answered(ino, parent, name)
         return self._entry(ino, attr)
 
     async def getattr(self, inode, ctx):
@@ -155,7 +157,7 @@ class Operations(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         ino, attr = await self._run("mkdir", self.vfs.mkdir, parent_inode, name, mode, self._ctx(ctx))
-        self.dirs.seen(ino, parent_inode, name)
+        self.dirs.answered(ino, parent_inode, name)
         return self._entry(ino, attr)
 
     async def unlink(self, parent_inode, name, ctx):
@@ -163,6 +165,7 @@ class Operations(pyfuse3.Operations):
 
     async def rmdir(self, parent_inode, name, ctx):
         await self._run("rmdir", self.vfs.rmdir, parent_inode, name)
+        self.dirs.removed(parent_inode, name)
 
     async def symlink(self, parent_inode, name, target, ctx):
         ino, attr = await self._run("symlink", self.vfs.symlink, parent_inode, name, target, self._ctx(ctx))
@@ -171,7 +174,7 @@ class Operations(pyfuse3.Operations):
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         await self._run("rename", self.vfs.rename, parent_inode_old, name_old, parent_inode_new, name_new,
                         flags)
-        self.dirs.moved(parent_inode_old, name_old, parent_inode_new, name_new)
+        self.dirs.moved(parent_inode_old, name_old, parent_inode_new, name_new, bool(flags & RENAME_EXCHANGE))
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         attr = await self._run("link", self.vfs.link, inode, new_parent_inode, new_name)
@@ -228,11 +231,12 @@ class Operations(pyfuse3.Operations):
         parent = self.vfs.handle_ino(fh)
         for i, (name, ino, attr) in enumerate(entries):
             if attr.type == TYPE_DIR and name not in (b".", b".."):
-                stale = self.dirs.seen(ino, parent, name)  # the kernel may take the entry (readdirplus)
-                if stale is not None:
+                stale = self.dirs.elsewhere(ino, parent, name)  # the kernel may take the entry (readdirplus)
+                if stale:
                     # dropped before the reply, as a lookup does: a later lookup under the new
                     # name must not meet the old alias (the kernel would answer it ESTALE)
-                    await self.hop.run(functools.partial(self.dirs.drop, ino, *stale))
+                    await self.hop.run(functools.partial(self.dirs.drop, ino, stale))
+                self.dirs.answered(ino, parent, name)
             if not pyfuse3.readdir_reply(token, name, self._entry(ino, attr), start_id + i + 1):
                 break
 
