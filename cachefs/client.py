@@ -142,6 +142,7 @@ class Client:
         self._volume = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._checked = False  # the bucket answered once: copies in workers need not ask again
         _CLIENTS.add(self)
         self.volume  # noqa: B018 - fail now (unreachable engine, bad URL), not at the first read
 
@@ -158,16 +159,18 @@ class Client:
     def _open_volume(self) -> Any:
         from .volume import Volume
 
-        vol = Volume(self.meta_url, self.options, node_cache=True)
+        vol = Volume(self.meta_url, self.options, node_cache=True, check_objects=not self._checked)
+        self._checked = True
         vol.start({"client": "python", "hostname": socket.gethostname(), "pid": os.getpid()})
         vol.background.start()
         return vol
 
     def __getstate__(self) -> dict:
-        return {"meta_url": self.meta_url, "options": self.options}
+        return {"meta_url": self.meta_url, "options": self.options, "checked": self._checked}
 
     def __setstate__(self, state: dict) -> None:
         self.meta_url, self.options = state["meta_url"], state["options"]
+        self._checked = state.get("checked", False)
         self._volume, self._pid, self._lock = None, os.getpid(), threading.Lock()
         _CLIENTS.add(self)
 

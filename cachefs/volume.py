@@ -57,9 +57,12 @@ def _usable_dir(path: str) -> None:
 
 
 class Volume:
-    def __init__(self, meta_url: str, options: Options | None = None, node_cache: bool = False) -> None:
+    def __init__(self, meta_url: str, options: Options | None = None, node_cache: bool = False,
+                 check_objects: bool = True) -> None:
         """node_cache: read through this node's mount of the volume, when one runs, instead of a
-        disk cache of our own (the Python client: one cache per node)."""
+        disk cache of our own (the Python client: one cache per node). check_objects=False: the
+        bucket was already checked by the process this one was forked or unpickled from (a
+        DataLoader worker), so the worker's start costs no object-store round trip."""
         self.node_cache = node_cache
         o = self.options = options or Options()
         self.metrics = Metrics()
@@ -71,7 +74,8 @@ class Volume:
         try:
             self.settings: Settings = self.meta.load()
             self.objects: ObjectStore = open_store(self.settings, self.metrics, o.io_retry_timeout)
-            self.objects.check()
+            if check_objects:
+                self.objects.check()
             self._build(o)
         except BaseException:
             self.meta.close_engine()

@@ -4,12 +4,15 @@ signed HTTP requests (s3_http), bucket checks and listings through boto3."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
+from botocore.credentials import Credentials
 
 from cachefs.errors import ConfigError, ObjectError, ObjectNotFound, ObjectUnavailable
 from cachefs.metrics import Metrics
@@ -67,21 +70,53 @@ class S3Store(ObjectStore):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        # the keys given (or else the default chain) sign both the boto3 calls and the block path
-        session = boto3.session.Session(aws_access_key_id=access_key or None,
-                                        aws_secret_access_key=secret_key or None)
-        kwargs = dict(endpoint_url=self.endpoint or None,
-                      region_name=region or os.environ.get("AWS_REGION") or "us-east-1")
-        try:
-            self.client = session.client("s3", config=config, **kwargs)
-        except ValueError as e:  # botocore: "Invalid endpoint: ..."
-            raise ConfigError(f"bad S3 endpoint {self.endpoint!r}: {e}") from None
-        # checks at format and mount time must answer within seconds, even from a stalled server
-        self._quick = session.client("s3", config=config.merge(Config(read_timeout=5)), **kwargs)
-        creds = session.get_credentials()
-        self.http = SignedHTTP(self.client.meta.endpoint_url, self.bucket, self.client.meta.region_name,
-                               lambda: creds.get_frozen_credentials() if creds is not None else None,
+        # boto3 (bucket checks, listings) is made at its first use: a DataLoader worker forked
+        # from a client reads blocks through the signed-HTTP path only, and two boto3 clients
+        # cost ~130 ms of CPU per process
+        self._config = config
+        self._keys = (access_key, secret_key)
+        self._region = region or os.environ.get("AWS_REGION") or "us-east-1"
+        if self.endpoint:
+            parts = urlsplit(self.endpoint)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"bad S3 endpoint {self.endpoint!r}: expected http(s)://host[:port]")
+        self._boto: tuple[Any, Any, Any] | None = None  # (session, client, quick client)
+        self._boto_lock = threading.Lock()
+        static = Credentials(access_key, secret_key).get_frozen_credentials() if access_key and secret_key else None
+        self.http = SignedHTTP(self.endpoint or f"https://s3.{self._region}.amazonaws.com", self.bucket, self._region,
+                               (lambda: static) if static is not None else self._chain_credentials,
                                max_connections)
+
+    def _clients(self) -> tuple[Any, Any, Any]:
+        """(session, client, quick client); the keys given (or else the default chain) sign
+        both the boto3 calls and the block path."""
+        with self._boto_lock:
+            if self._boto is None:
+                access_key, secret_key = self._keys
+                session = boto3.session.Session(aws_access_key_id=access_key or None,
+                                                aws_secret_access_key=secret_key or None)
+                kwargs = dict(endpoint_url=self.endpoint or None, region_name=self._region)
+                try:
+                    client = session.client("s3", config=self._config, **kwargs)
+                except ValueError as e:  # botocore: "Invalid endpoint: ..."
+                    raise ConfigError(f"bad S3 endpoint {self.endpoint!r}: {e}") from None
+                # checks at format and mount time must answer within seconds, even from a
+                # stalled server
+                quick = session.client("s3", config=self._config.merge(Config(read_timeout=5)), **kwargs)
+                self._boto = (session, client, quick)
+            return self._boto
+
+    @property
+    def client(self) -> Any:
+        return self._clients()[1]
+
+    @property
+    def _quick(self) -> Any:
+        return self._clients()[2]
+
+    def _chain_credentials(self) -> Any:
+        creds = self._clients()[0].get_credentials()
+        return creds.get_frozen_credentials() if creds is not None else None
 
     def __str__(self) -> str:
         where = self.endpoint or "s3"
