@@ -260,6 +260,26 @@ class Client:
         except CachefsError as e:
             raise _oserror(e, path) from None
 
+    def _open_uncached(self, path: str, flags: int, ctx: Ctx) -> tuple[int, int] | None:
+        """(inode, handle) of path opened for reading when its name is not in the metadata
+        cache: the lookup and the open's revalidation in one round trip (a dataset's items are
+        opened once an epoch, long after the listing's entries expired). None: the usual way."""
+        if not self._parts(path):
+            return None
+        vfs = self.volume.vfs
+        parent, pattr, name = self._resolve(path, parent=True)
+        if vfs.cached_lookup(parent, name) is not None:
+            return None
+        if Caller.this_process().uid != 0:
+            self._may(path, pattr, access.X)
+        ino, attr, fh = self._call(path, vfs.open_at, parent, name, flags, ctx)
+        try:
+            self._may(path, attr, access.R)
+        except BaseException:
+            vfs.release(fh)
+            raise
+        return ino, fh
+
     def _call(self, path: str, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
             return fn(*args, **kw)
@@ -418,6 +438,14 @@ class RawFile(io.RawIOBase):
         vfs = client.volume.vfs
         self._vfs = vfs
         ctx = _ctx()
+        opened = None
+        if flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) == os.O_RDONLY:
+            opened = client._open_uncached(path, flags, ctx)
+        if opened is not None:
+            ino, self._fh = opened
+            self.ino = ino
+            self._pos = 0
+            return
         try:
             ino, attr, _ = client._resolve(path)
         except FileNotFoundError:

@@ -14,7 +14,7 @@ import threading
 import time
 
 from cachefs.meta import BaseMeta
-from cachefs.meta.types import TYPE_DIR, TYPE_FILE, Attr, type_from_mode
+from cachefs.meta.types import TYPE_DIR, TYPE_FILE, Attr, Slice, type_from_mode
 
 from . import internal
 from .block import Buffer
@@ -199,7 +199,22 @@ class VFS:
         self.files.handles.pop(fh, None)
 
     # ---- files ----------------------------------------------------------------------------
-    def open(self, ino: int, flags: int, ctx: Ctx = ROOT_CTX) -> int:
+    def open_at(self, parent: int, name: bytes, flags: int, ctx: Ctx = ROOT_CTX) -> tuple[int, Attr, int]:
+        """Look up and open a file for reading, in one metadata round trip (the Python client's
+        open by path, whose name was not in its cache): (inode, attributes, handle). Opens that
+        write, truncate or create go through lookup and open."""
+        if internal.reserved(parent, name) or flags & (os.O_ACCMODE | os.O_TRUNC | os.O_CREAT) != os.O_RDONLY:
+            ino, attr = self.lookup(parent, name)
+            fh = self.open(ino, flags, ctx)
+            return ino, self.cached_getattr(ino) or attr, fh
+        ino, attr, first = self.meta.lookup_open(parent, name)
+        self.cache.put_entry(parent, name, ino, attr)
+        fh = self.open(ino, flags, ctx, fetched=(attr, first))
+        return ino, self._with_length(ino, attr), fh
+
+    def open(self, ino: int, flags: int, ctx: Ctx = ROOT_CTX,
+             fetched: tuple[Attr, list[Slice] | None] | None = None) -> int:
+        """fetched: the engine's attributes and first chunk's slices, just read (open_at)."""
         if internal.is_internal(ino):
             if ino == internal.CONTROL_INODE and ctx.uid != 0:
                 raise FSError(errno.EACCES)
@@ -209,12 +224,12 @@ class VFS:
         if accmode != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
         known = self._closed.get(ino) if self.open_cache > 0 and accmode == os.O_RDONLY else None
-        if known is not None and time.monotonic() - known[0] < self.open_cache:
+        if fetched is None and known is not None and time.monotonic() - known[0] < self.open_cache:
             attr, segments = known[1], known[2]
         else:
             # close-to-open: the engine's attributes now, and the first chunk's slices with
             # them (one round trip), so a small file's first read asks nothing more
-            attr, first = self.meta.open_file(ino)
+            attr, first = fetched if fetched is not None else self.meta.open_file(ino)
             segments = {0: resolve(first)} if first is not None else {}
             self.cache.put_attr(ino, attr)
         if attr.type == TYPE_DIR:

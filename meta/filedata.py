@@ -35,6 +35,13 @@ class FileData:
         attr = self.getattr(ino)
         return attr, self.read_chunk(ino, 0) if attr.type == TYPE_FILE else None
 
+    def lookup_open(self, parent: int, name: bytes) -> tuple[int, Attr, list[Slice] | None]:
+        """lookup and open_file of its answer, (inode, attributes, first chunk's slices): what
+        an open by path needs, in one round trip where the engine allows."""
+        ino, _ = self.lookup(parent, name)
+        attr, first = self.open_file(ino)
+        return ino, attr, first
+
     def chunk_indexes(self, ino: int) -> list[int]:
         """The chunks of ino that hold slice records, ascending."""
         return self._read(lambda tx: tx.chunk_indexes(ino))

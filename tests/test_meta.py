@@ -77,6 +77,21 @@ def test_create_lookup_and_nlink(meta):
     assert err(meta.mknod, d, b"x" * 256, TYPE_FILE, 0o644, 0, 0) == errno.ENAMETOOLONG
 
 
+def test_lookup_open_answers_as_lookup_then_open_file(meta):
+    d = mkdir(meta, ROOT_INODE, b"d")
+    f = mkfile(meta, d, b"f")
+    empty = mkfile(meta, d, b"empty")
+    meta.write(f, [(0, Slice(0, meta.new_slice_id(), 10, 0, 10))])
+    ino, attr, first = meta.lookup_open(d, b"f")
+    assert (ino, attr, first) == (f, *meta.open_file(f))
+    assert first and first[0].len == 10
+    assert meta.lookup_open(d, b"empty")[::2] == (empty, [])
+    assert meta.lookup_open(ROOT_INODE, b"d")[::2] == (d, None)
+    assert meta.lookup_open(d, b"..")[0] == ROOT_INODE
+    assert err(meta.lookup_open, d, b"nope") == errno.ENOENT
+    assert err(meta.lookup_open, d, b"x" * 256) == errno.ENAMETOOLONG
+
+
 def test_setgid_directory_inheritance(meta):
     d = mkdir(meta, ROOT_INODE, b"d")
     meta.setattr(d, mode=0o2775, gid=42)
