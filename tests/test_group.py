@@ -113,11 +113,14 @@ def test_three_members_read_a_dataset_cold_with_one_get_per_block(volumes, mount
 
 
 def test_pooled_capacity_second_epoch_barely_touches_the_object_store(volumes, mounts, proxied_s3):
+    """Three caches of 128 MiB hold a 240 MiB dataset none could hold alone. (Not 100 MiB: the
+    ring gives each member Binomial(60, 1/3) of the 60 blocks, and one over its 25 then
+    evicted often enough to fail this test now and then.)"""
     url = s3_volume(volumes, proxied_s3)
     writer = mounts.mount(url, *FAST)
     digests = {f"f{i}": _write(writer, f"f{i}", 40 << 20) for i in range(6)}  # 240 MiB
     mounts.umount(writer)
-    members = [_member(mounts, url, n, "--cache-size", "100") for n in (1, 2, 3)]
+    members = [_member(mounts, url, n, "--cache-size", "128") for n in (1, 2, 3)]
     for mp in members:
         wait_for(lambda mp=mp: _group_size(mp) == 3, 20)
     epochs = []
