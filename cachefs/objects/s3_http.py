@@ -5,8 +5,8 @@ Why: blocks are the hot path, and the boto3 client's machinery (endpoint rules, 
 parameter validation, response parsing) cost ~1 ms of CPU per request and more in latency:
 against one moto server on loopback, a 16 KiB PUT took 5.9 ms through the client and 2.0 ms
 signed and sent by hand, a 4 MiB PUT 6.3 against 3.5 ms of our CPU. Small files pay that on
-every close. The signature is botocore's own signer; listing, bucket checks and creation keep
-the client (S3Store).
+every close. The signature is sigv4.py's; listing, bucket checks and creation keep the client
+(S3Store).
 """
 
 from __future__ import annotations
@@ -18,18 +18,15 @@ from urllib.parse import quote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import urllib3
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 
 from cachefs.errors import ObjectError
 
 from .base import Transient
+from .sigv4 import Signer, host_of
 
-# the body is not hashed into the signature (UNSIGNED-PAYLOAD): every block carries its own
-# xxhash, checked on every read, and hashing 4 MiB with SHA-256 costs ~10 ms of CPU
-_UNSIGNED = Config(s3={"payload_signing_enabled": False})
+# the body is not hashed into the signature (UNSIGNED-PAYLOAD, sigv4.py): every block carries
+# its own xxhash, checked on every read, and hashing 4 MiB with SHA-256 costs ~10 ms of CPU
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 
@@ -43,27 +40,32 @@ class SignedHTTP:
         self.base = f"{endpoint_url.rstrip('/')}/{quote(bucket, safe='')}/"
         self.region = region
         self._credentials = credentials
+        self._signer = Signer(region)
+        self._host = host_of(endpoint_url)
+        parts = urlsplit(self.base)
+        self._origin, self._prefix = f"{parts.scheme}://{parts.netloc}", parts.path
         kw: dict = dict(num_pools=4, maxsize=max_connections, retries=False,
                         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout))
         if os.environ.get("AWS_CA_BUNDLE"):
             kw["ca_certs"] = os.environ["AWS_CA_BUNDLE"]
         proxy = proxy_for(endpoint_url)
         self.pool = urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw)
+        # without a proxy, requests go straight to the endpoint's pool (no URL parsing per call)
+        self._direct = None if proxy else self.pool.connection_from_url(self.base)
 
     def _request(self, method: str, key: str, body: bytes | None = None,
                  extra: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
-        url = self.base + quote(key, safe="/~")
+        path = self._prefix + quote(key, safe="/~")
         creds = self._credentials()
         if creds is None:
             raise NoCredentials()
-        req = AWSRequest(method=method, url=url, data=body)
-        req.context["client_config"] = _UNSIGNED
-        S3SigV4Auth(creds, "s3", self.region).add_auth(req)
-        headers = dict(req.headers.items())
+        headers = self._signer.headers(method, self._host, path, creds)
         if extra:
             headers.update(extra)  # not signed: S3 signs only what the signature names
         try:
-            return self.pool.request(method, url, body=body, headers=headers)
+            if self._direct is not None:
+                return self._direct.urlopen(method, path, body=body, headers=headers, redirect=False)
+            return self.pool.request(method, self._origin + path, body=body, headers=headers)
         except urllib3.exceptions.HTTPError as e:  # refused, reset, timed out, cut short
             raise Transient(f"{method} {key}: {e}") from None
 
