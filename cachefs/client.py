@@ -260,25 +260,28 @@ class Client:
         except CachefsError as e:
             raise _oserror(e, path) from None
 
-    def _open_uncached(self, path: str, flags: int, ctx: Ctx) -> tuple[int, int] | None:
-        """(inode, handle) of path opened for reading when its name is not in the metadata
-        cache: the lookup and the open's revalidation in one round trip (a dataset's items are
-        opened once an epoch, long after the listing's entries expired). None: the usual way."""
+    def _find_or_open(self, path: str, flags: int, ctx: Ctx) -> tuple[int, Attr, int | None]:
+        """(inode, attributes, handle) of path, for an open that only reads. A last name in the
+        metadata cache is found there (handle None: the caller opens it, as any other); one
+        that is not is looked up and opened in one round trip, which is how a dataset's items
+        are opened (once an epoch, long after the listing's entries expired)."""
         if not self._parts(path):
-            return None
+            ino, attr, _ = self._resolve(path)
+            return ino, attr, None
         vfs = self.volume.vfs
         parent, pattr, name = self._resolve(path, parent=True)
-        if vfs.cached_lookup(parent, name) is not None:
-            return None
         if Caller.this_process().uid != 0:
             self._may(path, pattr, access.X)
+        hit = vfs.cached_lookup(parent, name)
+        if hit is not None:
+            return hit[0], hit[1], None
         ino, attr, fh = self._call(path, vfs.open_at, parent, name, flags, ctx)
         try:
             self._may(path, attr, access.R)
         except BaseException:
             vfs.release(fh)
             raise
-        return ino, fh
+        return ino, attr, fh
 
     def _call(self, path: str, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
@@ -438,16 +441,12 @@ class RawFile(io.RawIOBase):
         vfs = client.volume.vfs
         self._vfs = vfs
         ctx = _ctx()
-        opened = None
-        if flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) == os.O_RDONLY:
-            opened = client._open_uncached(path, flags, ctx)
-        if opened is not None:
-            ino, self._fh = opened
-            self.ino = ino
-            self._pos = 0
-            return
+        fh = None
         try:
-            ino, attr, _ = client._resolve(path)
+            if flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) == os.O_RDONLY:
+                ino, attr, fh = client._find_or_open(path, flags, ctx)
+            else:
+                ino, attr, _ = client._resolve(path)
         except FileNotFoundError:
             if not flags & os.O_CREAT:
                 raise
@@ -455,13 +454,16 @@ class RawFile(io.RawIOBase):
             client._may_change(path, parent, pattr, name)
             self._fh, ino, _ = client._call(path, vfs.create, parent, name, 0o666 & ~_umask(), flags, ctx)
         else:
-            if attr.type == TYPE_DIR:
+            if fh is not None:
+                self._fh = fh  # opened with its lookup
+            elif attr.type == TYPE_DIR:
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-            if flags & os.O_EXCL:
+            elif flags & os.O_EXCL:
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-            want = (access.R if self.readable() else 0) | (access.W if self.writable() or flags & os.O_TRUNC else 0)
-            client._may(path, attr, want)
-            self._fh = client._call(path, vfs.open, ino, flags, ctx)
+            else:
+                want = (access.R if self.readable() else 0) | (access.W if self.writable() or flags & os.O_TRUNC else 0)
+                client._may(path, attr, want)
+                self._fh = client._call(path, vfs.open, ino, flags, ctx)
         self.ino = ino
         self._pos = 0
 

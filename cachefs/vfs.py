@@ -200,13 +200,11 @@ class VFS:
 
     # ---- files ----------------------------------------------------------------------------
     def open_at(self, parent: int, name: bytes, flags: int, ctx: Ctx = ROOT_CTX) -> tuple[int, Attr, int]:
-        """Look up and open a file for reading, in one metadata round trip (the Python client's
-        open by path, whose name was not in its cache): (inode, attributes, handle). Opens that
-        write, truncate or create go through lookup and open."""
-        if internal.reserved(parent, name) or flags & (os.O_ACCMODE | os.O_TRUNC | os.O_CREAT) != os.O_RDONLY:
+        """Look up and open an existing file in one metadata round trip (the Python client's
+        open by path, whose name was not in its cache): (inode, attributes, handle)."""
+        if internal.reserved(parent, name):
             ino, attr = self.lookup(parent, name)
-            fh = self.open(ino, flags, ctx)
-            return ino, self.cached_getattr(ino) or attr, fh
+            return ino, attr, self.open(ino, flags, ctx)
         ino, attr, first = self.meta.lookup_open(parent, name)
         self.cache.put_entry(parent, name, ino, attr)
         fh = self.open(ino, flags, ctx, fetched=(attr, first))
