@@ -52,11 +52,21 @@ def test_s3_store(s3_server):
     assert store.get("odd name/é+%20 ~x") == b"1"
 
 
-def test_s3_blocks_need_no_boto3_client(s3_server):
+def test_s3_blocks_need_no_boto3_client(s3_server, tmp_path, monkeypatch):
     """A DataLoader worker's store reads and writes blocks without building boto3 clients (their
-    making costs ~130 ms of CPU per process); a bucket call makes them."""
+    making costs ~130 ms of CPU per process), with keys given or from the default chain; a
+    bucket call makes them."""
     bucket = s3_server.bucket_url(f"bkt-{uuid.uuid4().hex[:8]}")
     S3Store(bucket, access_key="k", secret_key="s", metrics=Metrics()).create()
+    profile = tmp_path / "credentials"
+    profile.write_text("[default]\naws_access_key_id = k\naws_secret_access_key = s\n")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(profile))
+    chained = S3Store(bucket, metrics=Metrics())
+    chained.put("v/chunks/0/0/2_0_1", b"z")
+    assert chained.get("v/chunks/0/0/2_0_1") == b"z"
+    assert chained._boto is None
     store = S3Store(bucket, access_key="k", secret_key="s", metrics=Metrics())
     store.put("v/chunks/0/0/1_0_3", b"abc")
     assert store.get("v/chunks/0/0/1_0_3") == b"abc"

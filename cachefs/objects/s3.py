@@ -80,21 +80,28 @@ class S3Store(ObjectStore):
             parts = urlsplit(self.endpoint)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ConfigError(f"bad S3 endpoint {self.endpoint!r}: expected http(s)://host[:port]")
-        self._boto: tuple[Any, Any, Any] | None = None  # (session, client, quick client)
+        self._session: Any = None
+        self._boto: tuple[Any, Any] | None = None  # (client, quick client)
+        self._chain: Any = None  # the default chain's credentials, once found
         self._boto_lock = threading.Lock()
         static = Credentials(access_key, secret_key).get_frozen_credentials() if access_key and secret_key else None
         self.http = SignedHTTP(self.endpoint or f"https://s3.{self._region}.amazonaws.com", self.bucket, self._region,
                                (lambda: static) if static is not None else self._chain_credentials,
                                max_connections)
 
-    def _clients(self) -> tuple[Any, Any, Any]:
-        """(session, client, quick client); the keys given (or else the default chain) sign
-        both the boto3 calls and the block path."""
+    def _boto_session(self) -> Any:
+        """The keys given (or else the default chain) sign both the boto3 calls and the block
+        path. Call with _boto_lock held."""
+        if self._session is None:
+            access_key, secret_key = self._keys
+            self._session = boto3.session.Session(aws_access_key_id=access_key or None,
+                                                  aws_secret_access_key=secret_key or None)
+        return self._session
+
+    def _clients(self) -> tuple[Any, Any]:
         with self._boto_lock:
             if self._boto is None:
-                access_key, secret_key = self._keys
-                session = boto3.session.Session(aws_access_key_id=access_key or None,
-                                                aws_secret_access_key=secret_key or None)
+                session = self._boto_session()
                 kwargs = dict(endpoint_url=self.endpoint or None, region_name=self._region)
                 try:
                     client = session.client("s3", config=self._config, **kwargs)
@@ -103,19 +110,26 @@ class S3Store(ObjectStore):
                 # checks at format and mount time must answer within seconds, even from a
                 # stalled server
                 quick = session.client("s3", config=self._config.merge(Config(read_timeout=5)), **kwargs)
-                self._boto = (session, client, quick)
+                self._boto = (client, quick)
             return self._boto
 
     @property
     def client(self) -> Any:
-        return self._clients()[1]
+        return self._clients()[0]
 
     @property
     def _quick(self) -> Any:
-        return self._clients()[2]
+        return self._clients()[1]
 
     def _chain_credentials(self) -> Any:
-        creds = self._clients()[0].get_credentials()
+        """Credentials from the default chain (environment, profile, instance role): a
+        session is enough to find them, the boto3 clients are not made for it."""
+        creds = self._chain
+        if creds is None:
+            with self._boto_lock:
+                if self._chain is None:
+                    self._chain = self._boto_session().get_credentials()
+                creds = self._chain
         return creds.get_frozen_credentials() if creds is not None else None
 
     def __str__(self) -> str:
