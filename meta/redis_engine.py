@@ -147,12 +147,8 @@ class RedisMeta(BaseMeta):
         if not found or not found[1]:
             raise FSError(errno.ENOENT)
         ino = ENTRY.unpack(found[0])[0]
-        data, chunk = found[1], (found[2] if len(found) > 2 else None) or None
         self.hints.put((self.k.dir(parent), name), found[0])
-        self.hints.put(self.k.attr(ino), data)
-        self.hints.put(self.k.chunk(ino, 0), chunk)
-        attr = Attr.unpack(data)
-        return ino, attr, Slice.unpack_many(chunk or b"") if attr.type == TYPE_FILE else None
+        return (ino, *self._opened(ino, found[1], found[2]))
 
     def open_file(self, ino: int) -> tuple[Attr, list[Slice] | None]:
         # one MGET (the keys share the volume's hash tag, so this holds on a cluster too): a
@@ -160,6 +156,10 @@ class RedisMeta(BaseMeta):
         data, chunk = self._call(lambda: self.r.mget(self.k.attr(ino), self.k.chunk(ino, 0)))
         if not data:
             raise FSError(errno.ENOENT)
+        return self._opened(ino, data, chunk)
+
+    def _opened(self, ino: int, data: bytes, chunk: bytes | None) -> tuple[Attr, list[Slice] | None]:
+        """An open's answer from the inode's packed attributes and first chunk's records."""
         self.hints.put(self.k.attr(ino), data)
         self.hints.put(self.k.chunk(ino, 0), chunk)
         attr = Attr.unpack(data)
