@@ -65,8 +65,7 @@ class DirectoryPlaces:
             prev = self._at.get(place)
             if prev is not None and prev != ino:
                 self._forget(prev, place)  # the kernel replaces the entry it had there
-            self._at[place] = ino
-            self._held.setdefault(ino, {})[place] = next(self._stamps)
+            self._claim(ino, place)
 
     def drop(self, ino: int, places: list[Place], wait: float = WAIT) -> None:
         """Make the kernel forget directory ino at each of places; give up waiting after `wait`
@@ -119,10 +118,15 @@ class DirectoryPlaces:
                 self._forget(src, old)
             if dst is not None:
                 self._forget(dst, new)
-            for ino, place in ((src, new), (dst, old) if exchange else (None, old)):
-                if ino is not None:
-                    self._at[place] = ino
-                    self._held.setdefault(ino, {})[place] = next(self._stamps)
+            if src is not None:
+                self._claim(src, new)
+            if exchange and dst is not None:
+                self._claim(dst, old)
+
+    def _claim(self, ino: int, place: Place) -> None:
+        """Directory ino is answered at place now (a new stamp). Call with the lock held."""
+        self._at[place] = ino
+        self._held.setdefault(ino, {})[place] = next(self._stamps)
 
     def _forget(self, ino: int, place: Place) -> None:
         held = self._held.get(ino)
