@@ -74,11 +74,14 @@ class _Fetcher:
         self._lock = threading.Lock()
         self._pid = 0
 
-    def _submit(self, path: str) -> Future:
+    def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pid != os.getpid():
             self._pool, self._pid = ThreadPoolExecutor(PREFETCH, thread_name_prefix="prefetch"), os.getpid()
             self._ahead.clear()
-        return self._pool.submit(self.client.read_bytes, path)
+        return self._pool
+
+    def _submit(self, path: str) -> Future:
+        return self._executor().submit(self.client.read_bytes, path)
 
     def get(self, path: str, then: list[str]) -> bytes:
         """path's bytes, and the fetch of `then` (the items expected next) started."""
@@ -92,10 +95,13 @@ class _Fetcher:
         return fut.result() if fut is not None else self.client.read_bytes(path)
 
     def get_many(self, paths: list[str]) -> list[bytes]:
-        """A batch's items, fetched in parallel."""
+        """A batch's items: opened in one metadata round trip, read in parallel."""
         with self._lock:
-            futs = [self._ahead.pop(p, None) or self._submit(p) for p in paths]
-        return [f.result() for f in futs]
+            ahead = {p: self._ahead.pop(p) for p in paths if p in self._ahead}
+            pool = self._executor()
+        rest = list(dict.fromkeys(p for p in paths if p not in ahead))
+        got = dict(zip(rest, self.client.read_many(rest, pool), strict=True)) if rest else {}
+        return [got[p] if p in got else ahead[p].result() for p in paths]
 
     def __getstate__(self) -> dict:
         return {"client": self.client}

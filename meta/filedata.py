@@ -42,6 +42,18 @@ class FileData:
         attr, first = self.open_file(ino)
         return ino, attr, first
 
+    def lookup_open_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr, list[Slice] | None] | FSError]:
+        """lookup_open of each (parent, name), in one round trip where the engine allows (a
+        batch of a dataset's files); an answer per pair, the FSError in its place for one that
+        fails."""
+        return [self._one_lookup_open(parent, name) for parent, name in pairs]
+
+    def _one_lookup_open(self, parent: int, name: bytes) -> tuple[int, Attr, list[Slice] | None] | FSError:
+        try:
+            return self.lookup_open(parent, name)
+        except FSError as e:
+            return e
+
     def chunk_indexes(self, ino: int) -> list[int]:
         """The chunks of ino that hold slice records, ascending."""
         return self._read(lambda tx: tx.chunk_indexes(ino))

@@ -51,6 +51,22 @@ local ino = string.format('%d', struct.unpack('<I8', e))
 return {e, redis.call('GET', ARGV[2] .. ino), redis.call('GET', ARGV[3] .. ino .. '_0')}
 """
 
+# the same for many names at once (a DataLoader batch's files): KEYS are the parents' directory
+# hashes, ARGV the two key prefixes and then the names; an answer per name, false for a miss
+LOOKUP_OPEN_MANY_SCRIPT = """
+local out = {}
+for i, dir in ipairs(KEYS) do
+  local e = redis.call('HGET', dir, ARGV[i + 2])
+  if e then
+    local ino = string.format('%d', struct.unpack('<I8', e))
+    out[i] = {e, redis.call('GET', ARGV[1] .. ino), redis.call('GET', ARGV[2] .. ino .. '_0')}
+  else
+    out[i] = false
+  end
+end
+return out
+"""
+
 
 def _pair(member: bytes) -> tuple[int, int]:
     a, b = member.split(b":")
@@ -123,6 +139,7 @@ class RedisMeta(BaseMeta):
         self.k = Keys(name.decode() if name else "unformatted")
         self._lookup = self.r.register_script(LOOKUP_SCRIPT)
         self._lookup_open = self.r.register_script(LOOKUP_OPEN_SCRIPT)
+        self._lookup_open_many = self.r.register_script(LOOKUP_OPEN_MANY_SCRIPT)
         self._check_and_apply = self.r.register_script(CHECK_AND_APPLY)
         self.hints = Hints()
 
@@ -149,6 +166,25 @@ class RedisMeta(BaseMeta):
         ino = ENTRY.unpack(found[0])[0]
         self.hints.put((self.k.dir(parent), name), found[0])
         return (ino, *self._opened(ino, found[1], found[2]))
+
+    def lookup_open_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr, list[Slice] | None] | FSError]:
+        plain = [i for i, (_, name) in enumerate(pairs) if name not in (b".", b"..") and len(name) <= 255]
+        out: list[Any] = [None] * len(pairs)
+        if plain:
+            found = self._call(lambda: self._lookup_open_many(
+                keys=[self.k.dir(pairs[i][0]) for i in plain],
+                args=[self.k.attr(0)[:-1], self.k.chunk(0, 0)[:-3], *(pairs[i][1] for i in plain)]))
+            for i, one in zip(plain, found, strict=True):
+                if not one or not one[1]:
+                    out[i] = FSError(errno.ENOENT)
+                    continue
+                ino = ENTRY.unpack(one[0])[0]
+                self.hints.put((self.k.dir(pairs[i][0]), pairs[i][1]), one[0])
+                out[i] = (ino, *self._opened(ino, one[1], one[2]))
+        for i, one in enumerate(out):
+            if one is None:
+                out[i] = self._one_lookup_open(*pairs[i])
+        return out
 
     def open_file(self, ino: int) -> tuple[Attr, list[Slice] | None]:
         # one MGET (the keys share the volume's hash tag, so this holds on a cluster too): a

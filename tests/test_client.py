@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -74,6 +75,30 @@ def test_file_api_round_trip(volumes):
         c.remove("/a/c/f.bin")
         c.rmdir("/a/c")
         assert sorted(c.listdir("/a")) == ["t.txt"]
+
+
+def test_read_many_opens_a_batch_together_with_close_to_open(volumes):
+    """A DataLoader batch's files, opened in one metadata round trip: each revalidated (a
+    change by another client is seen), errors in their place, nothing left open."""
+    url = volumes.create("redis", "s3")
+    big = os.urandom(5 << 20)
+    with Client(url) as c, Client(url) as other:
+        c.makedirs("/d/sub")
+        for i in range(10):
+            c.write_bytes(f"/d/f{i}", b"%d" % i * (i + 1))
+        c.write_bytes("/d/sub/big", big)
+        paths = [f"/d/f{i}" for i in range(10)] + ["/d/sub/big", "d/f3"]
+        assert c.read_many(paths) == [b"%d" % i * (i + 1) for i in range(10)] + [big, b"3333"]
+        other.write_bytes("/d/f1", b"changed elsewhere")  # c holds f1's entry and attributes
+        other.write_bytes("/d/new", b"new")
+        with ThreadPoolExecutor(4) as pool:
+            assert c.read_many(["/d/f1", "/d/new", "/d/sub/big"], pool) == [b"changed elsewhere", b"new", big]
+        for bad, exc in ((["/d/f0", "/d/nope", "/d/f2"], FileNotFoundError), (["/d/f0", "/d/sub"], IsADirectoryError),
+                         (["/d/f0/x"], NotADirectoryError), (["/"], IsADirectoryError), (["/../x"], ValueError)):
+            with pytest.raises(exc):
+                c.read_many(bad)
+        assert not any(c.volume.vfs.files.is_open(c.stat(p).st_ino) for p in paths)
+        assert c.read_many([]) == []
 
 
 def test_errors_are_the_os_errors_of_the_one_mapping(volumes):
@@ -186,7 +211,8 @@ def test_permissions_of_the_calling_process(volumes):
 
 def _as_nobody(c: Client) -> str:
     try:
-        for act, args in ((c.read_bytes, ("/secret",)), (c.write_bytes, ("/pub/new", b"x")),
+        for act, args in ((c.read_bytes, ("/secret",)), (c.read_many, (["/pub/f", "/secret"],)),
+                          (c.write_bytes, ("/pub/new", b"x")),
                           (c.remove, ("/pub/f",)), (c.mkdir, ("/pub/d",)),
                           (c.remove, ("/tmpd/roots",))):  # sticky: not ours
             try:
@@ -194,7 +220,7 @@ def _as_nobody(c: Client) -> str:
             except PermissionError:
                 continue
             return f"{act.__name__}{args} was allowed"
-        assert c.read_bytes("/pub/f") == b"everyone"
+        assert c.read_bytes("/pub/f") == c.read_many(["/pub/f"])[0] == b"everyone"
         c.write_bytes("/tmpd/mine", b"m")  # world-writable: allowed, and owned by us
         assert c.stat("/tmpd/mine").st_uid == 65534
         c.remove("/tmpd/mine")

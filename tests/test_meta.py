@@ -92,6 +92,23 @@ def test_lookup_open_answers_as_lookup_then_open_file(meta):
     assert err(meta.lookup_open, d, b"x" * 256) == errno.ENAMETOOLONG
 
 
+def test_lookup_open_many_answers_each_as_lookup_open(meta):
+    d = mkdir(meta, ROOT_INODE, b"d")
+    f = mkfile(meta, d, b"f")
+    g = mkfile(meta, ROOT_INODE, b"g")
+    meta.write(f, [(0, Slice(0, meta.new_slice_id(), 10, 0, 10))])
+    pairs = [(d, b"f"), (d, b"nope"), (ROOT_INODE, b"g"), (d, b".."), (d, b"x" * 256), (ROOT_INODE, b"d"), (g, b"x")]
+    got = meta.lookup_open_many(pairs)
+    assert got[0] == meta.lookup_open(d, b"f") and got[0][0] == f
+    assert isinstance(got[1], FSError) and got[1].errno == errno.ENOENT
+    assert got[2][0] == g and got[2][2] == []
+    assert got[3][0] == ROOT_INODE
+    assert isinstance(got[4], FSError) and got[4].errno == errno.ENAMETOOLONG
+    assert got[5][::2] == (d, None)
+    assert isinstance(got[6], FSError)  # a file is not a directory: nothing found under it
+    assert meta.lookup_open_many([]) == []
+
+
 def test_setgid_directory_inheritance(meta):
     d = mkdir(meta, ROOT_INODE, b"d")
     meta.setattr(d, mode=0o2775, gid=42)
