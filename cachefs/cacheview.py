@@ -9,23 +9,95 @@ client that keeps one, a second mount pointed at the same directory) is a reader
   temporary name and renamed, and verified by their checksum table here as everywhere, so a
   reader needs no lock and no message; an entry evicted while being read stays readable (it is
   unlinked, not rewritten), and one that fails its checksum is a miss, not an error;
-- a miss is asked of the keeper's block service on loopback (group/service.py, requests signed
-  with the volume's group secret, its address in the keeper's session): the keeper fetches the
-  block once, however many ask, keeps it, and sends the entry file back.
+- a miss, when the keeper is in no cache group and this process may write its directories (a
+  DataLoader worker of the client that keeps them, a client of the mount's user), is fetched
+  from the object store by the reader itself, which writes the entry as the keeper would (a
+  temporary name, then a rename) and tells the keeper's block service (group/service.py,
+  POST /adopt, signed with the volume's group secret, its address in the keeper's session)
+  which entries it added, in batches, so the keeper counts and evicts them. A miss through
+  the keeper cost its HTTP service and a second hop for every block, and the keeper's one
+  process served them all: a DataLoader's cold epoch read slower with workers than without;
+- any other miss is asked of the keeper's block service on loopback: the keeper fetches the
+  block once, however many ask (and through its cache group), keeps it, and sends the entry
+  file back.
 
-So blocks are fetched once per node and kept once, and only the keeper writes, evicts and counts
-the cache's size. What the keeper cannot see is a reader's hit: its use stamps are its own reads'
-and its peers' requests, not the readers' (a block only readers use is evicted first).
+So each block is kept once per node, and only the keeper evicts and counts the cache's size.
+Two readers missing one block at once may both fetch it (the second rename replaces the first
+entry with the same bytes). Crash state, "an entry not yet adopted": a reader killed between
+its write and its notice leaves an entry the keeper does not count; the keeper's scan at its
+next start counts it (diskcache.py), and until then it is read like any other. What the
+keeper cannot see is a reader's hit: its use stamps are its own reads' and its peers'
+requests, not the readers' (a block only readers use is evicted first).
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing.util
 import os
+import threading
 import zlib
 
-from .diskcache import HEADER, _verify, read_table
+import urllib3
+
+from .diskcache import HEADER, _verify, entry_header, read_table
 from .errors import ChecksumError
+from .fileutil import write_atomic
+from .group.auth import HEADER as AUTH_HEADER
+from .group.auth import sign
 from .metrics import Metrics
+
+log = logging.getLogger("cachefs.cache")
+
+
+class Notices:
+    """The keys of the entries this process added to the keeper's directories, sent to the
+    keeper by a thread of our own: at once when it is idle, else together after the request
+    in flight (a process's thread and pool are its own: made again after fork)."""
+
+    def __init__(self, address: str, secret: bytes) -> None:
+        self.address, self.secret = address, secret
+        self._cond = threading.Condition()
+        self._keys: list[str] = []
+        self._busy = False
+        self._pid = 0
+        self._http: urllib3.PoolManager | None = None
+
+    def add(self, key: str) -> None:
+        with self._cond:
+            if self._pid != os.getpid():
+                self._pid, self._keys, self._busy = os.getpid(), [], False
+                self._http = urllib3.PoolManager(maxsize=1, retries=urllib3.Retry(total=1, redirect=False),
+                                                 timeout=urllib3.Timeout(connect=0.5, read=3.0))
+                threading.Thread(target=self._loop, name="cache-notices", daemon=True).start()
+                # a DataLoader worker leaves through multiprocessing, which runs no atexit
+                multiprocessing.util.Finalize(self, self.flush, exitpriority=10)
+            self._keys.append(key)
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._keys:
+                    self._cond.wait()
+                keys, self._keys, self._busy = self._keys, [], True
+            self._send(keys)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _send(self, keys: list[str]) -> None:
+        try:
+            self._http.request("POST", f"http://{self.address}/adopt", body="\n".join(keys).encode(),
+                               headers={AUTH_HEADER: sign(self.secret, "POST", "/adopt")})
+        except urllib3.exceptions.HTTPError as e:  # counted at the keeper's next start instead
+            log.warning("cache keeper %s not told of %d entries: %s", self.address, len(keys), e)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every notice is sent (close, exit)."""
+        with self._cond:
+            if self._pid == os.getpid():
+                self._cond.wait_for(lambda: not self._keys and not self._busy, timeout)
 
 
 class CacheView:
@@ -36,6 +108,12 @@ class CacheView:
         self.bases = [os.path.join(os.path.abspath(d), volume_uuid, "raw") for d in dirs]
         self.metrics = metrics or Metrics()
         self.used = 0  # the keeper's to count
+        self.notices: Notices | None = None  # set when this process writes what it fetches
+
+    @property
+    def writable(self) -> bool:
+        """May this process add entries to the keeper's directories?"""
+        return bool(self.bases) and all(os.access(b, os.W_OK | os.X_OK) for b in self.bases)
 
     @classmethod
     def open(cls, dirs: list[str], volume_uuid: str, metrics: Metrics | None = None) -> CacheView | None:
@@ -94,12 +172,27 @@ class CacheView:
         return None  # no descriptors kept: the thread path reads
 
     def put(self, key: str, plain: bytes) -> None:
-        """The keeper keeps blocks (it fetched this one when asked), not a reader."""
+        """Keep a block this process fetched (only with notices: otherwise the keeper fetched
+        it when asked, and keeps it)."""
+        if self.notices is None or os.path.exists(self._path(key)):
+            return
+        head = entry_header(plain)
+        try:
+            write_atomic(self._path(key), head, plain)
+        except OSError as e:
+            self.metrics.cache_errors.inc()
+            log.debug("cache entry %s not written: %s", key, e)
+            return
+        self.metrics.cache_write_bytes.inc(len(head) + len(plain))
+        self.notices.add(key)
 
     def put_later(self, key: str, plain: bytes) -> None:
-        """As put."""
+        """A block this process wrote: not kept by a reader (the keeper finds it in the object
+        store when it is read)."""
 
     def drop(self, key: str) -> None:
         """A reader removes nothing: the keeper drops a damaged entry when it next reads it."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        if self.notices is not None:
+            self.notices.flush()

@@ -402,6 +402,29 @@ class DiskCache:
         self._evict()
         self._publish()
 
+    def adopt(self, keys: list[str]) -> int:
+        """Count entries that another process of this node wrote into our directories (a
+        reader's fetches, cacheview.py), then evict as a put would; how many were new."""
+        added = 0
+        for key in keys:
+            cd = self._pick(key)
+            if cd is None:
+                break
+            try:
+                size = os.stat(cd.path(key)).st_size
+            except OSError:
+                continue  # evicted already, or written where we do not look: nothing to count
+            with self._lock:
+                if key in self._entries:
+                    continue
+                self._entries.add(key, (cd, size))
+                self.used += size
+            added += 1
+        if added:
+            self._evict()
+            self._publish()
+        return added
+
     def _low_on_space(self, cd: CacheDir) -> bool:
         try:
             st = os.statvfs(cd.root)

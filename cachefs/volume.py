@@ -17,7 +17,7 @@ from cachefs.meta.types import Settings
 
 from .background import Background
 from .block import block_key
-from .cacheview import CacheView
+from .cacheview import CacheView, Notices
 from .chunkstore import ChunkStore
 from .compact import CompactionQueue
 from .diskcache import CacheBusy, DiskCache
@@ -87,6 +87,11 @@ class Volume:
         key = functools.partial(block_key, s.name)
         if o.cache_group:
             self.peers = self._peers(o)
+        elif keeper is not None and isinstance(self.cache, CacheView) and self._keeper_adopts.get(keeper) \
+                and self.cache.writable:
+            # misses fetched here and written into the keeper's cache, the keeper told of them
+            self.cache.notices = Notices(keeper, self._group_secret())
+            self.peers = None
         elif keeper is not None:  # misses are asked of this node's keeper of the cache
             self.peers = Peers(self.meta, "", self._group_secret(), "node-reader", self.metrics,
                                fixed=Member(keeper, keeper))
@@ -180,6 +185,7 @@ class Volume:
         host = socket.gethostname()
         want = [os.path.realpath(d) for d in dirs] if dirs else None
         self._keeper_dirs: dict[str, list[str]] = {}
+        self._keeper_adopts: dict[str, bool] = {}  # keepers in no cache group take readers' entries
         for sess in self.meta.sessions():
             addr, kept = sess.info.get("node_service"), sess.info.get("node_cache")
             if not addr or not kept or sess.info.get("hostname") != host or sess.heartbeat < cutoff:
@@ -190,6 +196,7 @@ class Volume:
             log.info("reading through the cache of this node's %s (pid %s)",
                      sess.info.get("mountpoint") or "client", sess.info.get("pid"))
             self._keeper_dirs[addr] = kept_dirs
+            self._keeper_adopts[addr] = bool(sess.info.get("node_adopts"))
             return addr
         return None
 
@@ -206,6 +213,8 @@ class Volume:
             published["node_service"] = f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{self.service.port}"
             if isinstance(self.cache, DiskCache):
                 published["node_cache"] = ":".join(os.path.abspath(d) for d in self.options.cache_dirs)
+                # a member of a cache group wants its readers' misses (its group may hold them)
+                published["node_adopts"] = not self.options.cache_group
         self.meta.new_session(published)
         self.recover()
         if self.service is not None:

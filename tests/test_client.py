@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -289,7 +290,8 @@ def test_mount_and_client_see_each_others_files_and_share_one_cache(volumes, mou
     files = {f"/d/f{i}": os.urandom(3 << 20) for i in range(4)}  # 12 MiB, 4 blocks
     os.mkdir(os.path.join(mp, "d"))
     with Client(url) as c:
-        assert c.volume.peers is not None  # reads through this node's mount
+        # reads through this node's mount's cache, and writes what it fetches into it
+        assert isinstance(c.volume.cache, CacheView) and c.volume.cache.notices is not None
         for path, data in files.items():
             c.write_bytes(path, data)
         for path, data in files.items():  # written by the client, read through the mount
@@ -301,23 +303,41 @@ def test_mount_and_client_see_each_others_files_and_share_one_cache(volumes, mou
     # a cold read by a fresh client lands in the mount's cache, once
     run_cli("umount", mp)
     mounts.active.remove(mp)
+    shutil.rmtree(cache)  # cold
     mp = mounts.mount(url, "--cache-dir", cache, path=mp)
     before = _stats(mp)
+    gets = 'cachefs_object_requests_total{op="get"}'
     with Client(url) as c:
+        client_gets = c.volume.metrics.object_requests.labels("get")
         for path, data in files.items():
             assert c.read_bytes(path) == data
-        gets = _stats(mp).get('cachefs_object_requests_total{op="get"}', 0)
+        fetched = client_gets._value.get()
+        assert fetched >= len(files)
         for path, data in files.items():  # again: from the mount's cache, no object GET
             assert c.read_bytes(path) == data
-        after = _stats(mp)
-        assert after.get('cachefs_object_requests_total{op="get"}', 0) == gets
+        assert client_gets._value.get() == fetched
         assert isinstance(c.volume.cache, CacheView)  # a view of the mount's, no second cache
     for path, data in files.items():  # the mount finds what the client fetched
         with open(mp + path, "rb") as f:
             assert f.read() == data
     final = _stats(mp)
-    assert final.get('cachefs_object_requests_total{op="get"}', 0) == gets
+    assert final.get(gets, 0) == before.get(gets, 0)  # the mount fetched none of it again
     assert final["cachefs_cache_hits_total"] > before.get("cachefs_cache_hits_total", 0)
     n, size = _cache_entries(cache)
     assert n == final["cachefs_cache_blocks"]  # one entry per block, no double entries
-    assert size == final["cachefs_cache_bytes"]  # and the accounting matches the disk
+    assert size == final["cachefs_cache_bytes"]  # and the accounting matches the disk (the client's entries adopted)
+
+
+def test_a_client_beside_a_cache_group_member_asks_it_for_misses(volumes, mounts, tmp_path):
+    """A keeper in a cache group takes no entries from its readers: its group may hold the
+    block, so a miss is asked of it (and it asks the group)."""
+    url = volumes.create("redis", "s3")
+    mp = mounts.mount(url, "--cache-dir", str(tmp_path / "c"), "--cache-group", "g",
+                      "--group-listen", f"127.0.0.2:{free_port()}")
+    data = os.urandom(1 << 20)
+    with Client(url) as c:
+        c.write_bytes("/f", data)
+    with Client(url) as c:
+        assert isinstance(c.volume.cache, CacheView) and c.volume.cache.notices is None
+        assert c.volume.peers is not None and c.read_bytes("/f") == data
+    assert _stats(mp).get('cachefs_object_requests_total{op="get"}', 0) >= 1  # the mount fetched it

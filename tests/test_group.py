@@ -39,6 +39,29 @@ def test_ring_moves_only_the_joining_members_share():
     assert 0.65 < share < 0.85  # proportional to weight
 
 
+def test_block_service_takes_only_canonical_block_keys():
+    """A key names a file under the cache's directories (GET sends it, POST /adopt counts and
+    later evicts it): only the volume's own spelling of a block key is taken."""
+    from cachefs.block import block_key
+    from cachefs.group.service import BlockService
+
+    class Chunks:
+        volume = "vol"
+
+        def key(self, slice_id: int, index: int, length: int) -> str:
+            return block_key("vol", slice_id, index, length)
+
+    service = BlockService(Chunks(), b"s", "127.0.0.1:0", Metrics())
+    try:
+        good = block_key("vol", 12, 1, 4096)
+        assert service.block_of(good) == (12, 1, 4096)
+        for bad in (good.replace("vol/", "other/"), good.replace("/chunks/", "/chunks/../../"),
+                    "vol/chunks/../../../etc/12_1_4096", good + "x", "vol/chunks/12_1"):
+            assert service.block_of(bad) is None, bad
+    finally:
+        service.stop()
+
+
 def test_signatures_refuse_wrong_old_and_replayed_requests():
     from cachefs.group.auth import Verifier
 

@@ -7,6 +7,8 @@
 - GET /staged/KEY: a block still staged here by write-back (not uploaded yet), as stored.
 - GET /warm/KEY: fetch and keep the block, answer 204 without it (distributed warmup).
 - POST /cached: which of the keys in the body (one per line) are cached here.
+- POST /adopt: count the entries of these keys, which a reader of this node's cache wrote
+  into it (cacheview.py); answered 204.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from ..block import parse_block_key
 from ..chunkstore import ChunkStore
+from ..diskcache import DiskCache
 from ..metrics import Metrics
 from .auth import HEADER, Verifier
 
@@ -53,9 +56,9 @@ class BlockService:
 
     def block_of(self, key: str) -> tuple[int, int, int] | None:
         """(slice id, index, length) of a key of this volume's blocks, else None."""
-        if not key.startswith(f"{self.chunks.volume}/chunks/"):
-            return None
-        return parse_block_key(key)
+        ident = parse_block_key(key) if key.startswith(f"{self.chunks.volume}/chunks/") else None
+        # only the canonical spelling: a key names a file under the cache's directories
+        return ident if ident is not None and self.chunks.key(*ident) == key else None
 
 
 class _Server(ThreadingHTTPServer):
@@ -90,10 +93,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if not self._authorized():
             return
-        if self.path != "/cached":
-            return self._refuse(404, "unknown path")
         keys = body.decode(errors="replace").split("\n") if body else []
         cache = self.owner.chunks.cache
+        if self.path == "/adopt":
+            if isinstance(cache, DiskCache):
+                cache.adopt([k for k in keys if self.owner.block_of(k) is not None])
+            return self._refuse(204, "")
+        if self.path != "/cached":
+            return self._refuse(404, "unknown path")
         answer = "\n".join("1" if cache is not None and cache.contains(k) else "0" for k in keys).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))
