@@ -23,6 +23,7 @@ from botocore.credentials import Credentials
 from cachefs.errors import ObjectError
 
 from .base import Transient
+from .http1 import HTTP1Pool, Response
 from .sigv4 import Signer, host_of
 
 # the body is not hashed into the signature (UNSIGNED-PAYLOAD, sigv4.py): every block carries
@@ -49,12 +50,14 @@ class SignedHTTP:
         if os.environ.get("AWS_CA_BUNDLE"):
             kw["ca_certs"] = os.environ["AWS_CA_BUNDLE"]
         proxy = proxy_for(endpoint_url)
-        self.pool = urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw)
-        # without a proxy, requests go straight to the endpoint's pool (no URL parsing per call)
-        self._direct = None if proxy else self.pool.connection_from_url(self.base)
+        self.pool = urllib3.ProxyManager(proxy, **kw) if proxy else None
+        # without a proxy, requests go straight to the endpoint over our own connections
+        self._direct = None if proxy else HTTP1Pool(
+            parts.scheme, parts.hostname or "", parts.port, self._host, max_idle=max_connections,
+            connect_timeout=connect_timeout, read_timeout=read_timeout, ca_file=os.environ.get("AWS_CA_BUNDLE"))
 
     def _request(self, method: str, key: str, body: bytes | None = None,
-                 extra: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+                 extra: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse | Response:
         path = self._prefix + quote(key, safe="/~")
         creds = self._credentials()
         if creds is None:
@@ -64,9 +67,9 @@ class SignedHTTP:
             headers.update(extra)  # not signed: S3 signs only what the signature names
         try:
             if self._direct is not None:
-                return self._direct.urlopen(method, path, body=body, headers=headers, redirect=False)
+                return self._direct.request(method, path, headers, body)
             return self.pool.request(method, self._origin + path, body=body, headers=headers)
-        except urllib3.exceptions.HTTPError as e:  # refused, reset, timed out, cut short
+        except (urllib3.exceptions.HTTPError, OSError) as e:  # refused, reset, timed out, cut short
             raise Transient(f"{method} {key}: {e}") from None
 
     def put(self, key: str, data: bytes) -> None:
@@ -78,7 +81,7 @@ class SignedHTTP:
         r = self._request("GET", key)
         if r.status != 200:
             raise HTTPFailure(r.status, r.data)
-        length = r.headers.get("Content-Length")
+        length = r.headers.get("content-length")
         if length is not None and int(length) != len(r.data):
             raise Transient(f"GET {key}: {len(r.data)} of {length} bytes")
         return r.data
@@ -89,7 +92,7 @@ class SignedHTTP:
             return r.data[start:end]
         if r.status != 206:
             raise HTTPFailure(r.status, r.data)
-        length = r.headers.get("Content-Length")
+        length = r.headers.get("content-length")
         if length is not None and int(length) != len(r.data):
             raise Transient(f"GET {key} (range): {len(r.data)} of {length} bytes")
         return r.data
