@@ -64,19 +64,22 @@ class Notices:
         self.address, self.secret = address, secret
         self._cond = threading.Condition()
         self._keys: list[str] = []
-        self._busy = self._flushing = False
+        self._busy = self._flushing = self._closed = False
         self._pid = 0
         self._http: urllib3.PoolManager | None = None
+        self._at_exit: multiprocessing.util.Finalize | None = None
 
     def add(self, key: str) -> None:
         with self._cond:
+            if self._closed:
+                return  # (the keeper counts it at its next start)
             if self._pid != os.getpid():
                 self._pid, self._keys, self._busy, self._flushing = os.getpid(), [], False, False
                 self._http = urllib3.PoolManager(maxsize=1, retries=urllib3.Retry(total=1, redirect=False),
                                                  timeout=urllib3.Timeout(connect=0.5, read=3.0))
                 threading.Thread(target=self._loop, name="cache-notices", daemon=True).start()
                 # a DataLoader worker leaves through multiprocessing, which runs no atexit
-                multiprocessing.util.Finalize(self, self.flush, exitpriority=10)
+                self._at_exit = multiprocessing.util.Finalize(self, self.flush, exitpriority=10)
             self._keys.append(key)
             if len(self._keys) == 1 or len(self._keys) >= NOTICE_BATCH:
                 self._cond.notify_all()
@@ -85,6 +88,8 @@ class Notices:
         while True:
             with self._cond:
                 while not self._keys:
+                    if self._closed:
+                        return
                     self._cond.wait()
                 self._cond.wait_for(lambda: len(self._keys) >= NOTICE_BATCH or self._flushing, NOTICE_DELAY)
                 keys, self._keys, self._busy = self._keys, [], True
@@ -97,7 +102,7 @@ class Notices:
         try:
             self._http.request("POST", f"http://{self.address}/adopt", body="\n".join(keys).encode(),
                                headers={AUTH_HEADER: sign(self.secret, "POST", "/adopt")})
-        except urllib3.exceptions.HTTPError as e:  # counted at the keeper's next start instead
+        except Exception as e:  # noqa: BLE001 - counted at the keeper's next start instead
             log.warning("cache keeper %s not told of %d entries: %s", self.address, len(keys), e)
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -111,6 +116,17 @@ class Notices:
                 self._cond.wait_for(lambda: not self._keys and not self._busy, timeout)
             finally:
                 self._flushing = False
+
+    def close(self) -> None:
+        """Send what is left, then stop the thread (a process that makes clients one after
+        another keeps no thread per client)."""
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            at_exit, self._at_exit = self._at_exit, None
+        if at_exit is not None and self._pid == os.getpid():
+            at_exit.cancel()
 
 
 class CacheView:
@@ -208,4 +224,4 @@ class CacheView:
 
     def close(self) -> None:
         if self.notices is not None:
-            self.notices.flush()
+            self.notices.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 
@@ -197,7 +198,6 @@ def test_reader_killed_before_its_notice_entry_counted_at_the_keepers_next_start
     counts the entry, which reads right meanwhile."""
     import signal
     import socket
-    import time
 
     from cachefs.cacheview import CacheView, Notices
 
@@ -232,3 +232,48 @@ def test_reader_killed_before_its_notice_entry_counted_at_the_keepers_next_start
     assert again.contains(key) and again.used == sum(os.path.getsize(f) for f in files(tmp_path))
     assert again.get(key) == data
     again.close()
+
+
+def test_notices_reach_the_keeper_in_a_batch_and_close_stops_their_thread():
+    import http.server
+    import threading
+
+    from cachefs.cacheview import Notices
+    from cachefs.group.auth import HEADER, Verifier
+
+    got: list[list[str]] = []
+    verifier = Verifier(b"secret")
+
+    class Keeper(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if not verifier.check("POST", self.path, self.headers.get(HEADER)):
+                got.append(body.decode().split("\n"))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Keeper)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        n = Notices(f"127.0.0.1:{server.server_address[1]}", b"secret")
+        keys = [f"v/chunks/0/0/{i}_0_10" for i in range(10)]
+        for k in keys:
+            n.add(k)
+        n.close()  # sends what is left, then the thread ends
+        assert [k for batch in got for k in batch] == keys and len(got) <= 2
+        for _ in range(100):
+            if not any(t.name == "cache-notices" for t in threading.enumerate()):
+                break
+            time.sleep(0.02)
+        assert not any(t.name == "cache-notices" for t in threading.enumerate())
+        n.add("v/chunks/0/0/99_0_10")  # after close: dropped, nothing sent
+        assert len([k for batch in got for k in batch]) == 10
+    finally:
+        server.shutdown()
+        server.server_close()
