@@ -4,6 +4,7 @@ store hold file contents that the mount's permissions do not guard)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Callable
@@ -70,10 +71,27 @@ def write_atomic(path: str, *parts: bytes, make_parents: bool = True, fsync: boo
     content durable before the rename (the directory is the caller's to sync)."""
 
     def write(tmp: str) -> None:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as f:
-            f.writelines(parts)
+        # writev on the descriptor: a file object around it cost ~30 us per cache entry
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            write_all(fd, parts)
             if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     replace_via_temp(path, write, make_parents)
+
+
+def write_all(fd: int, parts: tuple[bytes, ...] | list[bytes]) -> None:
+    """Write the parts at the descriptor's position, all of them (writev may write less)."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views)
+        if n <= 0:
+            raise OSError(errno.EIO, "writev wrote nothing")
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]

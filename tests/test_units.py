@@ -148,3 +148,16 @@ def test_cfb2_segments_verify_alone():
         verify_segments(data[:head], data[head + SEGMENT : head + 2 * SEGMENT], 1, "b", 2)
     with pytest.raises(ChecksumError):
         decode_block(bytes(bad), len(plain))
+
+
+def test_write_atomic_writes_every_part_through_short_writes(tmp_path, monkeypatch):
+    import os
+
+    from cachefs import fileutil
+
+    real = os.writev
+    monkeypatch.setattr(fileutil.os, "writev", lambda fd, bufs: real(fd, [bytes(bufs[0][:3])]))  # 3 bytes a call
+    parts = (b"head", b"", memoryview(b"0123456789abcdef")[2:], bytearray(b"tail"))
+    fileutil.write_atomic(str(tmp_path / "d" / "f"), *parts)
+    assert (tmp_path / "d" / "f").read_bytes() == b"head23456789abcdeftail"
+    assert os.listdir(tmp_path / "d") == ["f"]  # no temporary left
