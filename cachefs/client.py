@@ -270,9 +270,7 @@ class Client:
             ino, attr, _ = self._resolve(path)
             return ino, attr, None
         vfs = self.volume.vfs
-        parent, pattr, name = self._resolve(path, parent=True)
-        if Caller.this_process().uid != 0:
-            self._may(path, pattr, access.X)
+        parent, name = self._searched_parent(path)
         hit = vfs.cached_lookup(parent, name)
         if hit is not None:
             return hit[0], hit[1], None
@@ -283,6 +281,14 @@ class Client:
             vfs.release(fh)
             raise
         return ino, attr, fh
+
+    def _searched_parent(self, path: str) -> tuple[int, bytes]:
+        """(directory, last name) of a path below the root whose directory this process may
+        search, as a lookup of the name in it needs."""
+        parent, pattr, name = self._resolve(path, parent=True)
+        if Caller.this_process().uid != 0:
+            self._may(path, pattr, access.X)
+        return parent, name
 
     def _call(self, path: str, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
@@ -412,12 +418,9 @@ class Client:
         vfs, ctx, root = self.volume.vfs, _ctx(), Caller.this_process().uid == 0
         pairs = []
         for path in paths:
-            parent, pattr, name = self._resolve(path, parent=True) if self._parts(path) else (0, None, b"")
-            if not name:
+            if not self._parts(path):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-            if not root:
-                self._may(path, pattr, access.X)
-            pairs.append((parent, name))
+            pairs.append(self._searched_parent(path))
         files, failed = [], None
         for path, one in zip(paths, vfs.open_many(pairs, os.O_RDONLY, ctx), strict=True):
             if isinstance(one, CachefsError):

@@ -205,7 +205,12 @@ class VFS:
         if internal.reserved(parent, name):
             ino, attr = self.lookup(parent, name)
             return ino, attr, self.open(ino, flags, ctx)
-        ino, attr, first = self.meta.lookup_open(parent, name)
+        return self._open_found(parent, name, self.meta.lookup_open(parent, name), flags, ctx)
+
+    def _open_found(self, parent: int, name: bytes, found: tuple[int, Attr, list[Slice] | None], flags: int,
+                    ctx: Ctx) -> tuple[int, Attr, int]:
+        """Open what the engine's lookup_open answered for (parent, name)."""
+        ino, attr, first = found
         self.cache.put_entry(parent, name, ino, attr)
         fh = self.open(ino, flags, ctx, fetched=(attr, first))
         return ino, self._with_length(ino, attr), fh
@@ -222,10 +227,8 @@ class VFS:
             if isinstance(one, CachefsError):
                 out[i] = one
                 continue
-            ino, attr, first = one
-            self.cache.put_entry(*pairs[i], ino, attr)
             try:
-                out[i] = (ino, self._with_length(ino, attr), self.open(ino, flags, ctx, fetched=(attr, first)))
+                out[i] = self._open_found(*pairs[i], one, flags, ctx)
             except CachefsError as e:
                 out[i] = e
         for i, one in enumerate(out):

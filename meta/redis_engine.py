@@ -43,17 +43,10 @@ local ino = struct.unpack('<I8', e)
 return {e, redis.call('GET', ARGV[2] .. string.format('%d', ino))}
 """
 
-# the same, with the first chunk's slice records (an open by path: one round trip)
+# the same, with the first chunk's slice records (an open by path: one round trip), for one name
+# or many at once (a DataLoader batch's files): KEYS are the parents' directory hashes, ARGV the
+# two key prefixes and then the names; an answer per name, false for a miss
 LOOKUP_OPEN_SCRIPT = """
-local e = redis.call('HGET', KEYS[1], ARGV[1])
-if not e then return false end
-local ino = string.format('%d', struct.unpack('<I8', e))
-return {e, redis.call('GET', ARGV[2] .. ino), redis.call('GET', ARGV[3] .. ino .. '_0')}
-"""
-
-# the same for many names at once (a DataLoader batch's files): KEYS are the parents' directory
-# hashes, ARGV the two key prefixes and then the names; an answer per name, false for a miss
-LOOKUP_OPEN_MANY_SCRIPT = """
 local out = {}
 for i, dir in ipairs(KEYS) do
   local e = redis.call('HGET', dir, ARGV[i + 2])
@@ -66,6 +59,12 @@ for i, dir in ipairs(KEYS) do
 end
 return out
 """
+
+
+def _scripted(name: bytes) -> bool:
+    """Is name looked up by the scripts? "." and ".." are not entries, and a name too long is
+    answered by the base class (ENAMETOOLONG)."""
+    return name not in (b".", b"..") and len(name) <= 255
 
 
 def _pair(member: bytes) -> tuple[int, int]:
@@ -139,12 +138,11 @@ class RedisMeta(BaseMeta):
         self.k = Keys(name.decode() if name else "unformatted")
         self._lookup = self.r.register_script(LOOKUP_SCRIPT)
         self._lookup_open = self.r.register_script(LOOKUP_OPEN_SCRIPT)
-        self._lookup_open_many = self.r.register_script(LOOKUP_OPEN_MANY_SCRIPT)
         self._check_and_apply = self.r.register_script(CHECK_AND_APPLY)
         self.hints = Hints()
 
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
-        if name in (b".", b"..") or len(name) > 255:
+        if not _scripted(name):
             return super().lookup(parent, name)
         found = self._call(lambda: self._lookup(keys=[self.k.dir(parent)], args=[name, self.k.attr(0)[:-1]]))
         if not found or not found[1]:
@@ -157,21 +155,18 @@ class RedisMeta(BaseMeta):
         return ino, Attr.unpack(found[1])
 
     def lookup_open(self, parent: int, name: bytes) -> tuple[int, Attr, list[Slice] | None]:
-        if name in (b".", b"..") or len(name) > 255:
+        if not _scripted(name):
             return super().lookup_open(parent, name)
-        found = self._call(lambda: self._lookup_open(keys=[self.k.dir(parent)],
-                                                     args=[name, self.k.attr(0)[:-1], self.k.chunk(0, 0)[:-3]]))
-        if not found or not found[1]:
-            raise FSError(errno.ENOENT)
-        ino = ENTRY.unpack(found[0])[0]
-        self.hints.put((self.k.dir(parent), name), found[0])
-        return (ino, *self._opened(ino, found[1], found[2]))
+        one = self.lookup_open_many([(parent, name)])[0]
+        if isinstance(one, FSError):
+            raise one
+        return one
 
     def lookup_open_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr, list[Slice] | None] | FSError]:
-        plain = [i for i, (_, name) in enumerate(pairs) if name not in (b".", b"..") and len(name) <= 255]
+        plain = [i for i, (_, name) in enumerate(pairs) if _scripted(name)]
         out: list[Any] = [None] * len(pairs)
         if plain:
-            found = self._call(lambda: self._lookup_open_many(
+            found = self._call(lambda: self._lookup_open(
                 keys=[self.k.dir(pairs[i][0]) for i in plain],
                 args=[self.k.attr(0)[:-1], self.k.chunk(0, 0)[:-3], *(pairs[i][1] for i in plain)]))
             for i, one in zip(plain, found, strict=True):
