@@ -85,16 +85,17 @@ class Volume:
         s = self.settings
         self.cache, keeper = self._open_cache(o)
         key = functools.partial(block_key, s.name)
+        service = keeper["node_service"] if keeper is not None else None
         if o.cache_group:
             self.peers = self._peers(o)
-        elif keeper is not None and isinstance(self.cache, CacheView) and self._keeper_adopts.get(keeper) \
+        elif keeper is not None and isinstance(self.cache, CacheView) and keeper.get("node_adopts") \
                 and self.cache.writable:
             # misses fetched here and written into the keeper's cache, the keeper told of them
-            self.cache.notices = Notices(keeper, self._group_secret())
+            self.cache.notices = Notices(service, self._group_secret())
             self.peers = None
         elif keeper is not None:  # misses are asked of this node's keeper of the cache
             self.peers = Peers(self.meta, "", self._group_secret(), "node-reader", self.metrics,
-                               fixed=Member(keeper, keeper))
+                               fixed=Member(service, service))
         else:
             self.peers = None
         through = WriteThrough(self.objects, key, s.block_size, self.cache, o.cache_large_write)
@@ -155,9 +156,9 @@ class Volume:
             self.settings = self.meta.load()
         return bytes.fromhex(self.settings.group_secret)
 
-    def _open_cache(self, o: Options) -> tuple[DiskCache | CacheView | None, str | None]:
-        """The disk cache, and the block service of the process that keeps it when that is
-        not this one (cacheview.py: one cache per node). A process given a cache directory
+    def _open_cache(self, o: Options) -> tuple[DiskCache | CacheView | None, dict | None]:
+        """The disk cache, and the session info of the process that keeps it when that is not
+        this one (cacheview.py: one cache per node). A process given a cache directory
         keeps it unless another of this node does; a Python client given none reads the cache
         of this node's mount, when one runs."""
         if o.cache_dirs and o.cache_size > 0:
@@ -169,23 +170,22 @@ class Volume:
             except CacheBusy:
                 keeper = self._node_keeper(o.cache_dirs)
                 log.info("another process of this node keeps cache dir %s: reading it, misses asked of %s",
-                         o.cache_dir, keeper or "no one (it has no block service yet)")
+                         o.cache_dir, keeper["node_service"] if keeper else "no one (it has no block service yet)")
                 return CacheView(o.cache_dirs, self.settings.uuid, self.metrics), keeper
         if self.node_cache:
             found = self._node_keeper(None)
             if found is not None:
-                dirs = self._keeper_dirs.get(found, [])
-                return CacheView.open(dirs, self.settings.uuid, self.metrics), found
+                return CacheView.open(found["node_cache"].split(":"), self.settings.uuid, self.metrics), found
         return None, None
 
-    def _node_keeper(self, dirs: list[str] | None) -> str | None:
-        """The block service of a live process of this node that keeps a disk cache of the
-        volume (of these directories, if given), as published in its session."""
+    def _node_keeper(self, dirs: list[str] | None) -> dict | None:
+        """The session info of a live process of this node that keeps a disk cache of the
+        volume (of these directories, if given) and serves its misses: its block service
+        (node_service), directories (node_cache), and whether it takes its readers' entries
+        (node_adopts: a keeper in no cache group)."""
         cutoff = self.meta.now() - self.options.session_timeout
         host = socket.gethostname()
         want = [os.path.realpath(d) for d in dirs] if dirs else None
-        self._keeper_dirs: dict[str, list[str]] = {}
-        self._keeper_adopts: dict[str, bool] = {}  # keepers in no cache group take readers' entries
         for sess in self.meta.sessions():
             addr, kept = sess.info.get("node_service"), sess.info.get("node_cache")
             if not addr or not kept or sess.info.get("hostname") != host or sess.heartbeat < cutoff:
@@ -195,9 +195,7 @@ class Volume:
                 continue
             log.info("reading through the cache of this node's %s (pid %s)",
                      sess.info.get("mountpoint") or "client", sess.info.get("pid"))
-            self._keeper_dirs[addr] = kept_dirs
-            self._keeper_adopts[addr] = bool(sess.info.get("node_adopts"))
-            return addr
+            return sess.info
         return None
 
     def _pending_writer(self, slice_id: int) -> int | None:
