@@ -43,8 +43,7 @@ import urllib3
 from .diskcache import HEADER, _verify, entry_header, read_table
 from .errors import ChecksumError
 from .fileutil import write_atomic
-from .group.auth import HEADER as AUTH_HEADER
-from .group.auth import sign
+from .group.auth import signed_request
 from .metrics import Metrics
 
 log = logging.getLogger("cachefs.cache")
@@ -100,8 +99,7 @@ class Notices:
 
     def _send(self, keys: list[str]) -> None:
         try:
-            self._http.request("POST", f"http://{self.address}/adopt", body="\n".join(keys).encode(),
-                               headers={AUTH_HEADER: sign(self.secret, "POST", "/adopt")})
+            signed_request(self._http, self.secret, self.address, "POST", "/adopt", "\n".join(keys).encode())
         except Exception as e:  # noqa: BLE001 - counted at the keeper's next start instead
             log.warning("cache keeper %s not told of %d entries: %s", self.address, len(keys), e)
 

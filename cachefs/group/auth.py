@@ -13,6 +13,7 @@ import hmac
 import os
 import threading
 import time
+from typing import Any
 
 WINDOW = 30.0  # seconds a signed request stays valid (clocks of the group agree to within this)
 HEADER = "X-Cachefs-Auth"
@@ -24,6 +25,14 @@ def sign(secret: bytes, method: str, path: str, now: float | None = None, nonce:
     nonce = nonce or os.urandom(12).hex()
     mac = hmac.new(secret, f"{method}\n{path}\n{ts}\n{nonce}".encode(), hashlib.sha256).hexdigest()
     return f"{ts}:{nonce}:{mac}"
+
+
+def signed_request(http: Any, secret: bytes, address: str, method: str, path: str,
+                   body: bytes | None = None) -> Any:
+    """A request to a member's (or this node's keeper's) block service, signed; http is a
+    urllib3 PoolManager, the answer read whole."""
+    return http.request(method, f"http://{address}{path}", body=body, headers={HEADER: sign(secret, method, path)},
+                        preload_content=True)
 
 
 class Verifier:

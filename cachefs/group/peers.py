@@ -26,7 +26,7 @@ from ..block import Buffer, decode_block
 from ..diskcache import decode_entry
 from ..errors import CachefsError
 from ..metrics import Metrics
-from .auth import HEADER, sign
+from .auth import signed_request
 from .ring import Member, Ring
 
 log = logging.getLogger("cachefs.group")
@@ -129,9 +129,7 @@ class Peers:
 
     # ---- asking peers -----------------------------------------------------------------------------
     def _get(self, m: Member, path: str, method: str = "GET", body: bytes | None = None) -> urllib3.BaseHTTPResponse:
-        headers = {HEADER: sign(self.secret, method, path)}
-        return self.http.request(method, f"http://{m.address}{path}", body=body, headers=headers,
-                                 preload_content=True)
+        return signed_request(self.http, self.secret, m.address, method, path, body)
 
     def fetch(self, key: str, length: int, m: Member | None = None, staged: bool = False) -> Buffer | None:
         """A block's plain bytes from its owner (or from m), verified; None when the peer cannot

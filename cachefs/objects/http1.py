@@ -142,7 +142,7 @@ class HTTP1Pool:
         buf, have = conn.scratch, len(conn.extra)
         buf[:have] = conn.extra
         conn.extra = b""
-        end = bytes(buf[:have]).find(b"\r\n\r\n") if have else -1
+        end = buf.find(b"\r\n\r\n", 0, have)
         while end < 0:
             if have >= len(buf):
                 raise ProtocolError("answer head too long")

@@ -45,16 +45,18 @@ class SignedHTTP:
         self._host = host_of(endpoint_url)
         parts = urlsplit(self.base)
         self._origin, self._prefix = f"{parts.scheme}://{parts.netloc}", parts.path
-        kw: dict = dict(num_pools=4, maxsize=max_connections, retries=False,
-                        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout))
-        if os.environ.get("AWS_CA_BUNDLE"):
-            kw["ca_certs"] = os.environ["AWS_CA_BUNDLE"]
+        ca_file = os.environ.get("AWS_CA_BUNDLE") or None
         proxy = proxy_for(endpoint_url)
-        self.pool = urllib3.ProxyManager(proxy, **kw) if proxy else None
-        # without a proxy, requests go straight to the endpoint over our own connections
-        self._direct = None if proxy else HTTP1Pool(
-            parts.scheme, parts.hostname or "", parts.port, self._host, max_idle=max_connections,
-            connect_timeout=connect_timeout, read_timeout=read_timeout, ca_file=os.environ.get("AWS_CA_BUNDLE"))
+        self.pool: urllib3.ProxyManager | None = None
+        self._direct: HTTP1Pool | None = None
+        if proxy:
+            self.pool = urllib3.ProxyManager(proxy, num_pools=4, maxsize=max_connections, retries=False,
+                                             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+                                             **({"ca_certs": ca_file} if ca_file else {}))
+        else:  # straight to the endpoint over our own connections
+            self._direct = HTTP1Pool(parts.scheme, parts.hostname or "", parts.port, self._host,
+                                     max_idle=max_connections, connect_timeout=connect_timeout,
+                                     read_timeout=read_timeout, ca_file=ca_file)
 
     def _request(self, method: str, key: str, body: bytes | None = None,
                  extra: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse | Response:
