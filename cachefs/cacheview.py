@@ -40,7 +40,8 @@ import zlib
 
 import urllib3
 
-from .diskcache import HEADER, _verify, entry_header, read_table
+from .block import Buffer
+from .diskcache import entry_header, read_entry
 from .errors import ChecksumError
 from .fileutil import write_atomic
 from .group.auth import signed_request
@@ -161,10 +162,10 @@ class CacheView:
         path = self._path(key)
         return path if os.path.exists(path) else None
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> Buffer | None:
         return self.read_range(key, 0, None)
 
-    def read_range(self, key: str, offset: int, n: int | None) -> bytes | None:
+    def read_range(self, key: str, offset: int, n: int | None) -> Buffer | None:
         """Bytes of a block from its entry, verified; None on a miss (a damaged entry too: the
         keeper finds it damaged when asked, and fetches the block again)."""
         try:
@@ -173,17 +174,7 @@ class CacheView:
             self.metrics.cache_misses.inc()
             return None
         try:
-            table, length, seg, start = read_table(fd, key)
-            if n is None:
-                n = length - offset
-            if n <= 0 or offset < 0 or offset + n > length:
-                return None
-            first, last = offset // seg, (offset + n - 1) // seg
-            want = min(length, (last + 1) * seg) - first * seg
-            data = os.pread(fd, want, start + first * seg)
-            if len(data) != want:
-                raise ChecksumError(f"cache entry {key}: truncated")
-            _verify(data, table[HEADER.size : start], first, seg, key)
+            data = read_entry(fd, key, offset, n)[1]
         except (OSError, ChecksumError):
             self.metrics.cache_errors.inc()
             self.metrics.cache_misses.inc()
@@ -191,9 +182,8 @@ class CacheView:
         finally:
             os.close(fd)
         self.metrics.cache_hits.inc()
-        self.metrics.cache_hit_bytes.inc(n)
-        skip = offset - first * seg
-        return data if skip == 0 and n == len(data) else data[skip : skip + n]
+        self.metrics.cache_hit_bytes.inc(len(data))
+        return data
 
     def read_resident(self, key: str, offset: int, n: int) -> bytes | None:
         return None  # no descriptors kept: the thread path reads

