@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from bench.results import replace_section  # noqa: E402
 from bench.s3server import KEY, SECRET, Gateway  # noqa: E402
-from bench.targets import Cachefs, JuiceFS, drop_caches, sh  # noqa: E402
+from bench.targets import Cachefs, JuiceFS, drop_caches, set_aside, sh  # noqa: E402
 from cachefs import Client  # noqa: E402
 from cachefs.torch import MapDataset  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
@@ -173,7 +173,7 @@ class ClientRunner(Runner):
     def make_cold(self) -> None:
         if self.client is not None:
             self.client.close()
-        shutil.rmtree(self.cache, ignore_errors=True)
+        set_aside(self.cache)
         drop_caches()
         self.client = self._open()
 
@@ -334,7 +334,7 @@ def main() -> int:
         if has_s3t:
             upload_dataset(s3, "s3t", src, names)
             runners.append(S3Runner(s3.endpoint, "s3t"))
-        shutil.rmtree(src)
+        set_aside(src)  # the dataset's source files: deleted at the end with the rest
         sd = state_dict(a.ckpt)
         chunks = a.big * MiB // CHUNK
         for rnd in range(a.rounds):
