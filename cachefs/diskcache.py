@@ -48,12 +48,19 @@ def entry_header(plain: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(plain), SEGMENT) + sums
 
 
-def _span(offset: int, n: int, length: int, seg: int, key: str) -> tuple[int, int]:
-    """(first segment, bytes from its start to the last touched segment's end) of a read."""
+def _span(offset: int, n: int, length: int, seg: int) -> tuple[int, int] | None:
+    """(first segment, bytes from its start to the last touched segment's end) of a read of
+    [offset, offset+n) from an entry of `length` plain bytes; None when that is not inside it."""
     if n <= 0 or offset < 0 or offset + n > length:
-        raise ChecksumError(f"cache entry {key}: shorter than asked")
+        return None
     first, last = offset // seg, (offset + n - 1) // seg
     return first, min(length, (last + 1) * seg) - first * seg
+
+
+def _inside(span: tuple[int, int] | None, key: str) -> tuple[int, int]:
+    if span is None:
+        raise ChecksumError(f"cache entry {key}: shorter than asked")
+    return span
 
 
 def _start_from_key(key: str) -> tuple[int, int] | None:
@@ -75,21 +82,22 @@ def read_entry(fd: int, key: str, offset: int, n: int | None, known: bytes | Non
     guess = _start_from_key(key) if known is None and offset < SEGMENT else None
     if guess is not None:
         length, start = guess
-        first, want = _span(offset, length - offset if n is None else n, length, SEGMENT, key)
+        m = length - offset if n is None else n
+        want = _inside(_span(offset, m, length, SEGMENT), key)[1]  # from segment 0: offset < SEGMENT
         raw = os.pread(fd, start + want, 0)
         if len(raw) >= HEADER.size and HEADER.unpack_from(raw) == (MAGIC, length, SEGMENT):
             if len(raw) != start + want:
                 raise ChecksumError(f"cache entry {key}: truncated")
             data = memoryview(raw)[start:]
             _verify(data, raw[HEADER.size : start], 0, SEGMENT, key)
-            return raw[:start], data[offset : offset + (length - offset if n is None else n)].toreadonly()
+            return raw[:start], data[offset : offset + m].toreadonly()
     table = known if known is not None else os.pread(fd, TABLE_READ, 0)
     length, seg, start = _layout(table, key)
     if len(table) < start:
         table = os.pread(fd, start, 0)
     if n is None:
         n = length - offset
-    first, want = _span(offset, n, length, seg, key)
+    first, want = _inside(_span(offset, n, length, seg), key)
     data = os.pread(fd, want, start + first * seg)
     if len(data) != want:
         raise ChecksumError(f"cache entry {key}: truncated")
@@ -366,10 +374,10 @@ class DiskCache:
             held[1] += 1
         try:
             length, seg, start = _layout(table, key)
-            if n <= 0 or offset < 0 or offset + n > length:
+            span = _span(offset, n, length, seg)
+            if span is None:
                 return None
-            first, last = offset // seg, (offset + n - 1) // seg
-            want = min(length, (last + 1) * seg) - first * seg
+            first, want = span
             buf = bytearray(want)
             try:
                 got = os.preadv(held[0], [buf], start + first * seg, os.RWF_NOWAIT)
