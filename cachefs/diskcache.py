@@ -10,7 +10,6 @@ so a small random read loads and verifies only the segments it needs, never wron
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import queue
@@ -21,6 +20,7 @@ from collections import OrderedDict
 
 import xxhash
 
+from . import ownerlock
 from .block import Buffer, parse_block_key
 from .directio import AlignedBuffers, AtomicWriter
 from .errors import ChecksumError
@@ -139,20 +139,13 @@ class CacheBusy(Exception):
 
 
 def _own(base: str) -> int:
-    """Take the directory's owner lock: flock on a descriptor of our own (read-only, so a cache
-    file system can still be remounted read-only under us), released when the process dies; a
-    forked child that opens the file again conflicts with it, as it should."""
-    path = os.path.join(os.path.dirname(base), ".owner")
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, FILE_MODE)  # empty, but kept as private as the entries beside it
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise CacheBusy(base) from None
-        raise
+    """Take the directory's owner lock (ownerlock.py), read-only so that a cache file system
+    can still be remounted read-only under us."""
+    fd = ownerlock.take(os.path.join(os.path.dirname(base), ".owner"), os.O_RDONLY, FILE_MODE)
+    if fd is None:
+        raise CacheBusy(base)
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, FILE_MODE)  # empty, but kept as private as the entries beside it
     return fd
 
 
@@ -525,5 +518,5 @@ class DiskCache:
                 if self._fds[key][1] == 0:
                     os.close(self._fds.pop(key)[0])
         for fd in self._owned:
-            os.close(fd)
+            ownerlock.release(fd)
         self._owned = []

@@ -10,11 +10,11 @@ could lose.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import threading
 
+from . import ownerlock
 from .block import Buffer
 from .directio import AlignedBuffers, AtomicWriter
 from .errors import ConfigError
@@ -45,13 +45,11 @@ class Staging:
         tighten(path)
         # one mount process owns a staging directory: another one recovering it would upload or
         # delete blocks whose commit is still in flight (the lock dies with its process)
-        self._lock_fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
+        fd = ownerlock.take(os.path.join(path, ".lock"), os.O_RDWR, 0o600)
+        if fd is None:
             raise StagingBusy(f"staging directory {path} is in use by another mount process of this volume "
-                              "(still running or still uploading): use another --cache-dir") from None
+                              "(still running or still uploading): use another --cache-dir")
+        self._lock_fd = fd
         self._lock = threading.Lock()
         # O_DIRECT for full blocks: a checkpoint's blocks are written once and uploaded, and
         # page-cache pages for them cost more CPU than the writes themselves (directio.py)
@@ -147,7 +145,7 @@ class Staging:
     def close(self) -> None:
         """Release the directory to the next mount process."""
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)
+            ownerlock.release(self._lock_fd)
             self._lock_fd = -1
 
     def blocks(self) -> list[tuple[int, int, int]]:

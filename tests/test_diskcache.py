@@ -325,3 +325,44 @@ def test_notices_reach_the_keeper_in_a_batch_and_close_stops_their_thread():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_forked_child_does_not_keep_the_owner_locks(tmp_path):
+    """A DataLoader worker forked from the keeper of a cache (and of a write-back staging) may
+    outlive it: the locks must end with the keeper, not with the last of its children, and the
+    child must still find them held while the keeper lives."""
+    import signal
+
+    from cachefs.staging import Staging, StagingBusy
+
+    dirs, staged = [str(tmp_path / "c")], str(tmp_path / "staging")
+    keeper = DiskCache(dirs, "u", 1 << 30)
+    staging = Staging(staged, 1 << 30, 0.0, keeper.metrics)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            try:
+                DiskCache(dirs, "u", 1 << 30)
+            except CacheBusy:
+                try:
+                    Staging(staged, 1 << 30, 0.0, keeper.metrics)
+                except StagingBusy:
+                    code = 0  # both still held by the parent
+            os.write(ready_w, bytes([code]))
+            time.sleep(60)
+        finally:
+            os._exit(code)
+    try:
+        assert os.read(ready_r, 1) == b"\0", "the child took a lock its parent holds"
+        keeper.close()
+        staging.close()
+        again = DiskCache(dirs, "u", 1 << 30)  # the child lives on: the locks went with the keeper
+        Staging(staged, 1 << 30, 0.0, again.metrics).close()
+        again.close()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(ready_w)
