@@ -313,3 +313,104 @@ def test_random_read_of_a_cold_block_is_a_ranged_get(tmp_path):
     assert v.metrics.value("cachefs_checksum_errors_total", source="object") >= 1
     v.vfs.release(fh)
     v.close()
+
+
+def _sweep_volume(tmp_path, **options):
+    """A volume with a directory of 40 files, and a second client of it whose metadata cache has
+    none of them (a sweep after the kernel's caches were dropped)."""
+    url = f"sqlite3://{tmp_path}/m.db"
+    meta = open_meta(url)
+    (tmp_path / "obj").mkdir()
+    meta.format(Settings(name="v", uuid="u", storage="file", bucket=str(tmp_path / "obj"), block_size=64 << 10))
+    meta.close_engine()
+    writer = Volume(url, Options(cache_dir=""))
+    d, _ = writer.vfs.mkdir(ROOT_INODE, b"d", 0o755)
+    for i in range(40):
+        fh, _, _ = writer.vfs.create(d, b"f%d" % i, 0o644, os.O_RDWR)
+        writer.vfs.release(fh)
+    reader = Volume(url, Options(cache_dir="", **options))
+    return writer, reader, d
+
+
+def _wait(cond, timeout=10.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_lookups_that_keep_missing_fetch_the_directory_whole(tmp_path):
+    import time
+
+    writer, reader, d = _sweep_volume(tmp_path, entry_cache=1.0, attr_cache=1.0)
+    try:
+        vfs = reader.vfs
+        assert vfs.cached_lookup(d, b"f10") is None
+        for i in range(3):  # the third miss in one directory within the timeout
+            vfs.lookup(d, b"f%d" % i)
+        _wait(lambda: reader.metrics.value("cachefs_dir_prefetches_total") == 1)
+        hit = vfs.cached_lookup(d, b"f39")
+        assert hit is not None and hit == vfs.lookup(d, b"f39")
+        # what it serves expires with the entry timeout: another client's removal is seen then
+        writer.vfs.unlink(d, b"f20")
+        assert vfs.cached_lookup(d, b"f20") is not None  # (as the kernel's own cache would)
+        time.sleep(1.1)
+        assert vfs.cached_lookup(d, b"f20") is None
+        with pytest.raises(FSError) as e:
+            vfs.lookup(d, b"f20")
+        assert e.value.errno == errno.ENOENT
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_listing_that_overlaps_this_clients_change_is_dropped(tmp_path):
+    writer, reader, d = _sweep_volume(tmp_path)
+    try:
+        vfs, listed = reader.vfs, []
+        real = reader.meta.readdir
+
+        def readdir_then_unlink(ino):
+            out = real(ino)
+            vfs.unlink(d, b"f30")  # this client removes an entry while the listing is on its way
+            listed.append(len(out))
+            return out
+
+        reader.meta.readdir = readdir_then_unlink
+        for i in range(3):
+            vfs.lookup(d, b"f%d" % i)
+        _wait(lambda: listed)
+        reader.dirs.close()  # its thread has finished with the listing once close's marker is taken
+        reader.dirs._thread.join(5)
+        assert listed == [40]
+        assert vfs.cached_lookup(d, b"f30") is None and vfs.cached_lookup(d, b"f31") is None
+        assert reader.metrics.value("cachefs_dir_prefetches_total") == 0
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_large_directories_and_zero_timeouts_are_not_fetched_whole(tmp_path):
+    writer, reader, d = _sweep_volume(tmp_path)
+    off = Volume(f"sqlite3://{tmp_path}/m.db", Options(cache_dir="", entry_cache=0.0))
+    try:
+        reader.dirs.max_entries = 39
+        counted = []
+        real = reader.meta.entry_count
+        reader.meta.entry_count = lambda ino: counted.append(ino) or real(ino)
+        for i in range(9):  # three times the misses: the count is asked once
+            reader.vfs.lookup(d, b"f%d" % i)
+        _wait(lambda: counted)
+        reader.dirs.close()
+        reader.dirs._thread.join(5)
+        assert counted == [d] and reader.metrics.value("cachefs_dir_prefetches_total") == 0
+        assert reader.vfs.cached_lookup(d, b"f20") is None
+        for i in range(5):
+            off.vfs.lookup(d, b"f%d" % i)
+        assert not off.dirs.enabled and off.dirs._thread is None
+    finally:
+        off.close()
+        reader.close()
+        writer.close()
