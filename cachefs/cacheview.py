@@ -41,13 +41,15 @@ import zlib
 import urllib3
 
 from .block import Buffer
-from .diskcache import entry_header, read_entry
+from .diskcache import entry_header, read_entry, start_from_key
 from .errors import ChecksumError
 from .fileutil import write_atomic
 from .group.auth import signed_request
 from .metrics import Metrics
 
 log = logging.getLogger("cachefs.cache")
+
+ADVISED = 256  # descriptors advise() keeps for the reads that follow
 
 
 NOTICE_DELAY = 0.2  # seconds a notice waits for others to go with it (sent at once for a full batch)
@@ -137,6 +139,8 @@ class CacheView:
         self.metrics = metrics or Metrics()
         self.used = 0  # the keeper's to count
         self.notices: Notices | None = None  # set when this process writes what it fetches
+        self._advised: dict[str, int] = {}  # key -> descriptor opened by advise(), for the read
+        self._advised_lock = threading.Lock()
 
     @property
     def writable(self) -> bool:
@@ -165,14 +169,37 @@ class CacheView:
     def get(self, key: str) -> Buffer | None:
         return self.read_range(key, 0, None)
 
-    def read_range(self, key: str, offset: int, n: int | None) -> Buffer | None:
-        """Bytes of a block from its entry, verified; None on a miss (a damaged entry too: the
-        keeper finds it damaged when asked, and fetches the block again)."""
+    def advise(self, key: str, offset: int, n: int) -> bool:
+        """Start reading bytes [offset, offset+n) of a block's entry into the page cache, without
+        waiting (POSIX_FADV_WILLNEED); False when it is not cached. Its descriptor is kept for
+        the read that follows, so a batch of small files is read from disk in parallel by one
+        thread: the kernel has every read in flight before the first is waited for."""
         try:
             fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            self.metrics.cache_misses.inc()
-            return None
+            return False
+        layout = start_from_key(key)
+        end = offset + n + (layout[1] if layout is not None else 0)
+        os.posix_fadvise(fd, 0, end, os.POSIX_FADV_WILLNEED)
+        with self._advised_lock:
+            old = self._advised.pop(key, None)
+            self._advised[key] = fd
+            stale = [self._advised.pop(k) for k in list(self._advised)[: max(0, len(self._advised) - ADVISED)]]
+        for f in stale + ([old] if old is not None else []):
+            os.close(f)
+        return True
+
+    def read_range(self, key: str, offset: int, n: int | None) -> Buffer | None:
+        """Bytes of a block from its entry, verified; None on a miss (a damaged entry too: the
+        keeper finds it damaged when asked, and fetches the block again)."""
+        with self._advised_lock:
+            fd = self._advised.pop(key, None) if self._advised else None
+        if fd is None:
+            try:
+                fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self.metrics.cache_misses.inc()
+                return None
         try:
             data = read_entry(fd, key, offset, n)[1]
         except (OSError, ChecksumError):
@@ -211,5 +238,9 @@ class CacheView:
         """A reader removes nothing: the keeper drops a damaged entry when it next reads it."""
 
     def close(self) -> None:
+        with self._advised_lock:
+            fds, self._advised = list(self._advised.values()), {}
+        for fd in fds:
+            os.close(fd)
         if self.notices is not None:
             self.notices.close()

@@ -371,6 +371,22 @@ class ChunkStore:
         views[0] = views[0][start:]
         return b"".join(views)
 
+    def advise(self, slice_id: int, slice_size: int, off: int, n: int) -> bool:
+        """Tell the disk cache bytes [off, off+n) of a slice will be read next (cache.advise);
+        False when some of them are neither in memory nor in the cache."""
+        if self.cache is None:
+            return False
+        bs = self.block_size
+        ok = True
+        for i in range(off // bs, (off + n - 1) // bs + 1):
+            length = min(bs, slice_size - i * bs)
+            key = self.key(slice_id, i, length)
+            if self.buffer.get(key) is not None:
+                continue
+            start = max(off, i * bs) - i * bs
+            ok = self.cache.advise(key, start, min(off + n, i * bs + length) - i * bs - start) and ok
+        return ok
+
     def read_resident(self, slice_id: int, slice_size: int, off: int, n: int) -> Buffer | None:
         """read() from memory only (the memory buffer, or a disk cache entry whose pages are
         resident), for the FUSE shell's event loop; None when that is not enough."""

@@ -446,9 +446,18 @@ class Client:
         try:
             if executor is None:
                 return [f.readall() for f in files]
-            futures = [executor.submit(f.readall) for f in files]
-            wait(futures)  # every read done before its file is closed, even when one failed
-            return [f.result() for f in futures]
+            # the files in the disk cache are read on this thread, all their reads started first
+            # (advise: the kernel has them in flight together); the executor fetches the others
+            # meanwhile. Reading cached files on the executor's threads instead cost up to twice
+            # the CPU per file in DataLoader workers (measured, 4000 warm files of 110 KB: ~5000
+            # against 2500-5000 items/s with 4 workers, ~4400 against 1700-3600 with 8)
+            cached = [f.advise() for f in files]
+            futures = {i: executor.submit(f.readall) for i, f in enumerate(files) if not cached[i]}
+            try:
+                here = {i: f.readall() for i, f in enumerate(files) if cached[i]}
+            finally:
+                wait(futures.values())  # every read done before its file is closed, even when one failed
+            return [here[i] if i in here else futures[i].result() for i in range(len(files))]
         finally:
             for f in files:
                 f.close()
@@ -543,6 +552,11 @@ class RawFile(io.RawIOBase):
             return self._vfs.read(self._fh, offset, n)
         except CachefsError as e:
             raise _oserror(e, self.name) from None
+
+    def advise(self) -> bool:
+        """The rest of the file will be read next: its cache entries are read ahead without
+        waiting (vfs.advise); True when it is all cached here."""
+        return self.readable() and self._vfs.advise(self._fh, self._pos, self.size - self._pos)
 
     def readinto(self, b: Any) -> int:
         if not self.readable():

@@ -63,7 +63,7 @@ def _inside(span: tuple[int, int] | None, key: str) -> tuple[int, int]:
     return span
 
 
-def _start_from_key(key: str) -> tuple[int, int] | None:
+def start_from_key(key: str) -> tuple[int, int] | None:
     """(plain length, offset of the data) the entry of a block key has when it was written with
     today's segment size: its length is in the key, so its table's size is known unread."""
     parsed = parse_block_key(key)
@@ -79,7 +79,7 @@ def read_entry(fd: int, key: str, offset: int, n: int | None, known: bytes | Non
     read. A read from the first segment of an entry whose table is not known reads table and
     data in one pread (the key gives the table's size): a warm small file costs one read
     from disk instead of two (measured: 70 instead of 110 us of CPU for 110 KB)."""
-    guess = _start_from_key(key) if known is None and offset < SEGMENT else None
+    guess = start_from_key(key) if known is None and offset < SEGMENT else None
     if guess is not None:
         length, start = guess
         m = length - offset if n is None else n
@@ -322,6 +322,20 @@ class DiskCache:
         self._forget(key)
         self._fail(cd, e)
         self.metrics.cache_misses.inc()
+
+    def advise(self, key: str, offset: int, n: int) -> bool:
+        """Start reading bytes [offset, offset+n) of an entry into the page cache without
+        waiting (POSIX_FADV_WILLNEED; its descriptor stays open for the read); False on a miss."""
+        opened = self._open(key)
+        if opened is None:
+            return False
+        try:
+            layout = start_from_key(key)
+            os.posix_fadvise(opened[0], 0, offset + n + (layout[1] if layout is not None else 0),
+                             os.POSIX_FADV_WILLNEED)
+        finally:
+            self._done(key)
+        return True
 
     def get(self, key: str) -> Buffer | None:
         """A whole block's plain bytes, verified; None on a miss; ChecksumError if damaged."""

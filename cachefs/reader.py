@@ -101,6 +101,31 @@ class Reader:
         finally:
             fs.lock.release()
 
+    def advise(self, fs: FileState, offset: int, size: int) -> bool:
+        """Bytes [offset, offset+size) will be read next: their cache entries are read ahead
+        (ChunkStore.advise), when the chunks' slices are known already; False when not all of
+        them are in memory or in the cache (the read then fetches)."""
+        if not fs.lock.acquire(blocking=False):
+            return False
+        try:
+            if fs.buffered:
+                return False
+            pos, end = offset, min(offset + size, fs.length)
+            ok = True
+            while pos < end:
+                indx, cpos = divmod(pos, CHUNK_SIZE)
+                m = min(CHUNK_SIZE - cpos, end - pos)
+                segs = fs.segments.get(indx)
+                if segs is None:
+                    return False
+                for g in covering(segs, cpos, m):
+                    if g.id:
+                        ok = self.chunks.advise(g.id, g.size, g.off, g.len) and ok
+                pos += m
+            return ok
+        finally:
+            fs.lock.release()
+
     def _prefetch_known(self, fs: FileState, pos: int, stop: int) -> None:
         """Readahead over chunks whose slices are known (nothing is asked of the engine)."""
         bs = self.chunks.block_size

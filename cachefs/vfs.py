@@ -323,6 +323,14 @@ class VFS:
             raise FSError(errno.EBADF)
         return self.reader.read(h, h.state, offset, size)
 
+    def advise(self, fh: int, offset: int, size: int) -> bool:
+        """Bytes [offset, offset+size) of an open file will be read next (Reader.advise): True
+        when they are all cached here."""
+        h = self.files.handles.get(fh)
+        if h is None or h.state is None or h.special is not None:
+            return False
+        return self.reader.advise(h.state, offset, size)
+
     def read_in_memory(self, fh: int, offset: int, size: int) -> Buffer | None:
         """read() answered from memory without blocking (FUSE shell, event loop), or None."""
         h = self.files.handles.get(fh)

@@ -102,6 +102,40 @@ def test_read_many_opens_a_batch_together_with_close_to_open(volumes):
         assert c.read_many([]) == []
 
 
+def test_read_many_reads_cached_files_here_and_fetches_the_rest(volumes, tmp_path):
+    """A batch whose files are partly in the disk cache: the cached ones are advised and read by
+    the calling thread, the others fetched by the executor; every answer in its place, in the
+    keeper and in a forked DataLoader-like worker reading the keeper's cache."""
+    url = volumes.create("sqlite", "file")
+    data = {f"/b/f{i}": os.urandom(50_000 + i) for i in range(12)}
+    with Client(url) as w:
+        w.makedirs("/b")
+        for p, d in data.items():
+            w.write_bytes(p, d)
+    paths = list(data)
+    with Client(url, cache_dir=str(tmp_path / "cache"), cache_size=1 << 30) as c:
+        for p in paths[::2]:
+            assert c.read_bytes(p) == data[p]  # half of them cached
+        with ThreadPoolExecutor(4) as pool:
+            assert c.read_many(paths, pool) == [data[p] for p in paths]
+            opened = c.open_many(paths)
+            assert all(f.advise() for f in opened)  # all cached now
+            for f in opened:
+                f.close()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                with ThreadPoolExecutor(4) as pool:
+                    assert isinstance(c.volume.cache, CacheView)
+                    assert c.read_many(paths[::-1], pool) == [data[p] for p in paths[::-1]]
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_errors_are_the_os_errors_of_the_one_mapping(volumes):
     url = volumes.create("sqlite", "file")
     with Client(url) as c:

@@ -366,3 +366,46 @@ def test_a_forked_child_does_not_keep_the_owner_locks(tmp_path):
         os.waitpid(pid, 0)
         os.close(ready_r)
         os.close(ready_w)
+
+
+def test_advise_starts_a_read_that_the_next_read_range_finishes(tmp_path):
+    """advise() is how a batch of small files is read by one thread with every read in flight:
+    a miss says so, a hit's bytes read right after it (the keeper's and a reader's), an entry
+    evicted in between still reads, and a damaged one is still caught."""
+    from cachefs.cacheview import CacheView
+
+    dirs = [str(tmp_path / "c")]
+    keeper = DiskCache(dirs, "u", 1 << 30)
+    view = CacheView.open(dirs, "u")
+    blocks = {f"v/chunks/0/0/{i}_0_{100_000 + i}": os.urandom(100_000 + i) for i in range(1, 4)}
+    for key, data in blocks.items():
+        keeper.put(key, data)
+    missing = "v/chunks/0/0/9_0_5000"
+    assert not keeper.advise(missing, 0, 5000) and not view.advise(missing, 0, 5000)
+    (k1, d1), (k2, d2), (k3, d3) = blocks.items()
+    for cache in (keeper, view):
+        assert cache.advise(k1, 0, len(d1)) and cache.advise(k2, 10, 500)
+        assert bytes(cache.read_range(k1, 0, None)) == d1
+        assert bytes(cache.read_range(k2, 10, 500)) == d2[10:510]
+    assert not view._advised  # each descriptor went to its read
+    assert view.advise(k3, 0, len(d3))
+    os.unlink(next(f for f in files(tmp_path) if f.endswith(k3.rsplit("/", 1)[1])))  # evicted meanwhile
+    assert bytes(view.read_range(k3, 0, None)) == d3  # (the open descriptor still reads it)
+    path = next(f for f in files(tmp_path) if f.endswith(k1.rsplit("/", 1)[1]))
+    with open(path, "r+b") as f:  # a flipped byte in the data
+        f.seek(os.path.getsize(path) - 7)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 1]))
+    assert view.advise(k1, 0, len(d1))
+    assert view.read_range(k1, 0, None) is None  # a reader's damaged entry is a miss
+    keeper._tables.clear()
+    assert keeper.advise(k1, 0, len(d1))
+    with pytest.raises(ChecksumError):
+        keeper.read_range(k1, 0, None)
+    for i in range(300):  # advice never read is bounded, and closed with the view
+        keeper.put(f"v/chunks/0/0/{100 + i}_0_10", b"x" * 10)
+        assert view.advise(f"v/chunks/0/0/{100 + i}_0_10", 0, 10)
+    assert len(view._advised) == 256
+    view.close()
+    keeper.close()
