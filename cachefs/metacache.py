@@ -26,8 +26,6 @@ class MetaCache:
         self.limit = limit
         self._attrs: dict[int, tuple[float, Attr]] = {}
         self._entries: dict[tuple[int, bytes], tuple[float, int]] = {}
-        # this client's changes applied so far (dirprefetch.py drops a listing that overlapped one)
-        self.changes = 0
 
     @property
     def enabled(self) -> bool:
@@ -45,32 +43,28 @@ class MetaCache:
             return None
         return hit[1]
 
-    def put_attr(self, ino: int, attr: Attr, since: float | None = None) -> None:
-        """since: when the engine was asked (monotonic), if not just now: the copy expires a
-        timeout after that."""
+    def put_attr(self, ino: int, attr: Attr) -> None:
         if self.attr_ttl <= 0:
             return
         if len(self._attrs) >= self.limit:
             self._attrs.clear()
-        self._attrs[ino] = ((time.monotonic() if since is None else since) + self.attr_ttl, attr)
+        self._attrs[ino] = (time.monotonic() + self.attr_ttl, attr)
 
-    def put_entry(self, parent: int, name: bytes, ino: int, attr: Attr | None = None,
-                  since: float | None = None) -> None:
+    def put_entry(self, parent: int, name: bytes, ino: int, attr: Attr | None = None) -> None:
         ttl = self.dir_entry_ttl if attr is not None and attr.type == TYPE_DIR else self.entry_ttl
         if ttl <= 0:
             return
         if len(self._entries) >= self.limit:
             self._entries.clear()
-        self._entries[(parent, name)] = ((time.monotonic() if since is None else since) + ttl, ino)
+        self._entries[(parent, name)] = (time.monotonic() + ttl, ino)
         if attr is not None:
-            self.put_attr(ino, attr, since)
+            self.put_attr(ino, attr)
 
     def drop_attr(self, ino: int) -> None:
         self._attrs.pop(ino, None)
 
     def apply(self, changes: Changes) -> None:
         """What a transaction of this client committed."""
-        self.changes += 1
         for ino in changes.gone:
             self._attrs.pop(ino, None)
         for key in changes.removed:

@@ -86,8 +86,6 @@ class Metrics:
                                     "(unsigned, wrong secret, expired, replayed)", registry=r)
         self.prefetches = Counter("cachefs_prefetch_blocks", "Blocks fetched ahead of sequential readers",
                                   registry=r)
-        self.dir_prefetches = Counter("cachefs_dir_prefetches", "Directories fetched whole into the metadata "
-                                      "cache because lookups in them kept missing", registry=r)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's current value (0 when never set), for tests and `cachefs stats`."""

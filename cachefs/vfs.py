@@ -18,7 +18,6 @@ from cachefs.meta.types import TYPE_DIR, TYPE_FILE, Attr, Slice, type_from_mode
 
 from . import internal
 from .block import Buffer
-from .dirprefetch import DirPrefetch
 from .durability import Durability
 from .errors import CachefsError, FSError
 from .handles import ROOT_CTX, Ctx, FileState, Handle, OpenFiles
@@ -34,8 +33,7 @@ CAPS_XATTR = b"security.capability"
 class VFS:
     def __init__(self, meta: BaseMeta, files: OpenFiles, reader: Reader, writer: Writer,
                  durability: Durability, control: internal.Control, metrics: Metrics, cache: MetaCache,
-                 read_only: bool = False, open_cache: float = 0.0, dirs: DirPrefetch | None = None) -> None:
-        """dirs: fetches a directory whole once its lookups keep missing (dirprefetch.py)."""
+                 read_only: bool = False, open_cache: float = 0.0) -> None:
         self.meta = meta
         self.files = files
         self.reader = reader
@@ -44,7 +42,6 @@ class VFS:
         self.control = control
         self.metrics = metrics
         self.cache = cache
-        self.dirs = dirs
         self.read_only = read_only
         # --open-cache: an open within this many seconds of the last close here reuses what that
         # close knew (attributes, resolved chunks) instead of asking the engine (relaxes
@@ -88,8 +85,6 @@ class VFS:
             return ino, internal.attr(ino)
         ino, attr = self.meta.lookup(parent, name)
         self.cache.put_entry(parent, name, ino, attr)
-        if self.dirs is not None:
-            self.dirs.missed(parent)
         return ino, self._with_length(ino, attr)
 
     def getattr(self, ino: int) -> Attr:

@@ -20,7 +20,6 @@ from .block import block_key
 from .cacheview import CacheView, Notices
 from .chunkstore import ChunkStore
 from .compact import CompactionQueue
-from .dirprefetch import DirPrefetch
 from .diskcache import CacheBusy, DiskCache
 from .durability import Durability, WriteThrough
 from .errors import ConfigError
@@ -123,10 +122,8 @@ class Volume:
         self.writer = Writer(self.meta, self.chunks, self.durability, self.compactions)
         self.reader = Reader(self.meta, self.chunks, self.compactions, self.writer.commit)
         self.control = Control(self.meta, self.chunks, self.flush)
-        self.dirs = DirPrefetch(self.meta, self.metacache, self.metrics)
         self.vfs = VFS(self.meta, self.files, self.reader, self.writer, self.durability, self.control,
-                       self.metrics, self.metacache, read_only=o.read_only, open_cache=o.open_cache,
-                       dirs=self.dirs)
+                       self.metrics, self.metacache, read_only=o.read_only, open_cache=o.open_cache)
         self.service = None
         if o.cache_group and not o.no_sharing:
             try:
@@ -268,7 +265,6 @@ class Volume:
         return self.durability.wait(None, timeout)
 
     def close(self) -> None:
-        self.dirs.close()
         if self.peers is not None:
             self.peers.stop()
         if self.service is not None:

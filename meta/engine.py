@@ -145,9 +145,6 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
     def _list_entries(self, ino: int) -> list[tuple[bytes, int, int]]: ...
 
     @abstractmethod
-    def _count_entries(self, ino: int) -> int: ...
-
-    @abstractmethod
     def _get_attrs(self, inos: list[int]) -> list[Attr | None]: ...
 
     @abstractmethod
@@ -330,10 +327,6 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
                 if a is not None:
                     out.append((name, child, a))
         return out
-
-    def entry_count(self, ino: int) -> int:
-        """How many entries a directory has, without listing them (0 for a missing one)."""
-        return self._count_entries(ino)
 
     def path_of(self, ino: int) -> str | None:
         """One path of an inode from the root (for reports: fsck, flush), or None when it has no

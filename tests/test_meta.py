@@ -129,17 +129,6 @@ def test_unlink_rmdir(meta):
     assert meta.getattr(ROOT_INODE).nlink == 2
 
 
-def test_entry_count_counts_without_listing(meta):
-    d = mkdir(meta, ROOT_INODE, b"d")
-    assert meta.entry_count(d) == 0
-    for i in range(5):
-        mkfile(meta, d, b"f%d" % i)
-    mkdir(meta, d, b"sub")
-    meta.unlink(d, b"f0")
-    assert meta.entry_count(d) == 5 == len(names(meta, d))
-    assert meta.entry_count(987654) == 0  # no such directory
-
-
 def test_hard_links(meta):
     f = mkfile(meta, ROOT_INODE, b"a")
     meta.link(f, ROOT_INODE, b"b")
