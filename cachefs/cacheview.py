@@ -41,7 +41,7 @@ import zlib
 import urllib3
 
 from .block import Buffer
-from .diskcache import entry_header, read_entry, start_from_key
+from .diskcache import advise_entry, entry_header, read_entry
 from .errors import ChecksumError
 from .fileutil import write_atomic
 from .group.auth import signed_request
@@ -178,14 +178,14 @@ class CacheView:
             fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return False
-        layout = start_from_key(key)
-        end = offset + n + (layout[1] if layout is not None else 0)
-        os.posix_fadvise(fd, 0, end, os.POSIX_FADV_WILLNEED)
+        advise_entry(fd, key, offset, n)
         with self._advised_lock:
             old = self._advised.pop(key, None)
+            stale = [old] if old is not None else []
             self._advised[key] = fd
-            stale = [self._advised.pop(k) for k in list(self._advised)[: max(0, len(self._advised) - ADVISED)]]
-        for f in stale + ([old] if old is not None else []):
+            while len(self._advised) > ADVISED:  # the oldest advice, never read
+                stale.append(self._advised.pop(next(iter(self._advised))))
+        for f in stale:
             os.close(f)
         return True
 
