@@ -4,7 +4,7 @@ blocks that cover a read fetched in parallel, and readahead for sequential reade
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from cachefs.meta import BaseMeta
 from cachefs.meta.types import CHUNK_SIZE
@@ -110,35 +110,43 @@ class Reader:
         try:
             if fs.buffered:
                 return False
-            pos, end = offset, min(offset + size, fs.length)
             ok = True
-            while pos < end:
-                indx, cpos = divmod(pos, CHUNK_SIZE)
-                m = min(CHUNK_SIZE - cpos, end - pos)
-                segs = fs.segments.get(indx)
-                if segs is None:
+            for g in self._covering(fs, offset, min(offset + size, fs.length)):
+                if g is None:
                     return False
-                for g in covering(segs, cpos, m):
-                    if g.id:
-                        ok = self.chunks.advise(g.id, g.size, g.off, g.len) and ok
-                pos += m
+                if g.id:
+                    ok = self.chunks.advise(g.id, g.size, g.off, g.len) and ok
             return ok
         finally:
             fs.lock.release()
 
-    def _prefetch_known(self, fs: FileState, pos: int, stop: int) -> None:
-        """Readahead over chunks whose slices are known (nothing is asked of the engine)."""
-        bs = self.chunks.block_size
+    def _covering(self, fs: FileState, pos: int, stop: int, resolve: bool = False) -> Iterator[Segment | None]:
+        """The segments that cover [pos, stop), chunk after chunk. A chunk whose slices are not
+        resolved yet ends it with None, unless `resolve` (the caller holds fs.lock) asks the
+        engine for them."""
         while pos < stop:
             indx, cpos = divmod(pos, CHUNK_SIZE)
             n = min(CHUNK_SIZE - cpos, stop - pos)
             segs = fs.segments.get(indx)
             if segs is None:
-                return
-            for g in covering(segs, cpos, n):
-                for i in range(g.off // bs, (g.off + g.len - 1) // bs + 1):
-                    self.chunks.prefetch(g.id, g.size, i)
+                if not resolve:
+                    yield None
+                    return
+                segs = self.segments(fs, indx)
+            yield from covering(segs, cpos, n)
             pos += n
+
+    def _prefetch(self, g: Segment) -> None:
+        bs = self.chunks.block_size
+        for i in range(g.off // bs, (g.off + g.len - 1) // bs + 1):
+            self.chunks.prefetch(g.id, g.size, i)
+
+    def _prefetch_known(self, fs: FileState, pos: int, stop: int) -> None:
+        """Readahead over chunks whose slices are known (nothing is asked of the engine)."""
+        for g in self._covering(fs, pos, stop):
+            if g is None:
+                return
+            self._prefetch(g)
 
     def _fetch(self, fs: FileState, pieces: list[tuple[int, int, int, int]], n: int, refresh: bool,
                random: bool = False) -> Buffer:
@@ -175,14 +183,5 @@ class Reader:
         h.read_end = end
         if not h.window or end >= fs.length:
             return
-        pos, stop = end, min(fs.length, end + h.window)
-        while pos < stop:
-            indx, cpos = divmod(pos, CHUNK_SIZE)
-            n = min(CHUNK_SIZE - cpos, stop - pos)
-            segs = fs.segments.get(indx)
-            if segs is None:
-                segs = self.segments(fs, indx)
-            for g in covering(segs, cpos, n):
-                for i in range(g.off // bs, (g.off + g.len - 1) // bs + 1):
-                    self.chunks.prefetch(g.id, g.size, i)
-            pos += n
+        for g in self._covering(fs, end, min(fs.length, end + h.window), resolve=True):
+            self._prefetch(g)
