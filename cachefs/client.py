@@ -16,13 +16,15 @@ same way, from their parent.
 
 Fork and pickle: a client survives being pickled into DataLoader workers and being used after
 fork: the child builds its own connections and threads at its first call (nothing of the
-parent's is used, nor closed, there).
+parent's is used, nor closed, there), and freezes what it inherited out of its garbage
+collections (gc.freeze, as Python's docs advise for processes forked without exec).
 """
 
 from __future__ import annotations
 
 import atexit
 import errno
+import gc
 import io
 import logging
 import os
@@ -47,6 +49,12 @@ _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 def _forked() -> None:
+    if _CLIENTS:
+        # a DataLoader worker: what it inherited stays out of its garbage collections. A full
+        # collection walked the parent's whole heap (torch's objects: ~0.1 s each) and wrote
+        # to every page of it (copy-on-write faults): measured, 4 workers reading 6000 warm
+        # files ran at ~5800 items/s in the epochs where one happened, ~9500 where none did
+        gc.freeze()
     for c in list(_CLIENTS):
         c._volume = None  # the parent's: its threads did not follow us, its sockets are not ours
         c._pid = os.getpid()

@@ -4,6 +4,7 @@ errors as a mount; fork, pickle and bad input."""
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import os
 import pickle
@@ -274,6 +275,8 @@ def test_fork_and_pickle_rebuild_the_client_in_the_child(volumes):
         if pid == 0:  # the child: its own connections and threads
             code = 1
             try:
+                # what it inherited is out of its collections (a full one walked the parent's heap)
+                assert gc.get_freeze_count() > 0
                 assert c.read_bytes("/parent") == b"p" * 100_000
                 c.write_bytes("/child", b"c" * 5000)
                 c.close()
@@ -282,6 +285,7 @@ def test_fork_and_pickle_rebuild_the_client_in_the_child(volumes):
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+        assert gc.get_freeze_count() == 0  # the parent's collections are untouched
         # the parent's client still works after the child used (and closed) its own
         assert c.read_bytes("/child") == b"c" * 5000
         assert c.read_bytes("/parent") == b"p" * 100_000
