@@ -278,7 +278,7 @@ class Client:
             ino, attr, _ = self._resolve(path)
             return ino, attr, None
         vfs = self.volume.vfs
-        parent, name = self._searched_parent(path)
+        (parent, name), = self._searched_parents([path])
         hit = vfs.cached_lookup(parent, name)
         if hit is not None:
             return hit[0], hit[1], None
@@ -290,13 +290,47 @@ class Client:
             raise
         return ino, attr, fh
 
-    def _searched_parent(self, path: str) -> tuple[int, bytes]:
-        """(directory, last name) of a path below the root whose directory this process may
-        search, as a lookup of the name in it needs."""
-        parent, pattr, name = self._resolve(path, parent=True)
-        if Caller.this_process().uid != 0:
-            self._may(path, pattr, access.X)
-        return parent, name
+    def _searched_parents(self, paths: list[str]) -> list[tuple[int, bytes]]:
+        """(directory, last name) of each path below the root, whose directory this process
+        may search, as a lookup of the name in it needs. The directories not in the metadata
+        cache are looked up together, one round trip per depth, not one per directory (a
+        dataset batch's paths go through a directory each, whose entries expire every second)."""
+        vfs, who = self.volume.vfs, Caller.this_process()
+        split, seen = [], {}  # seen: a path through each directory, for its error
+        for path in paths:
+            parts = self._parts(path)
+            if not parts:
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            split.append(tuple(parts))
+            for k in range(len(parts)):
+                seen.setdefault(tuple(parts[:k]), path)
+        root = vfs.cached_getattr(ROOT_INODE) or self._call("/", vfs.getattr, ROOT_INODE) if who.uid != 0 else None
+        known: dict[tuple[bytes, ...], tuple[int, Attr | None]] = {(): (ROOT_INODE, root)}
+
+        def searchable(d: tuple[bytes, ...]) -> int:
+            ino, attr = known[d]
+            if attr is not None:  # (root may search any directory: None for the root, then)
+                if attr.type != TYPE_DIR:
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), seen[d])
+                if who.uid != 0:
+                    self._may(seen[d], attr, access.X)
+            return ino
+
+        for depth in range(1, max(map(len, split), default=0)):
+            asked = []
+            for d in (d for d in seen if len(d) == depth):
+                parent = searchable(d[:-1])
+                hit = vfs.cached_lookup(parent, d[-1])
+                if hit is None:
+                    asked.append((d, parent))
+                else:
+                    known[d] = hit
+            found = vfs.lookup_many([(parent, d[-1]) for d, parent in asked]) if asked else []
+            for (d, _), one in zip(asked, found, strict=True):
+                if isinstance(one, CachefsError):
+                    raise _oserror(one, seen[d])
+                known[d] = one
+        return [(searchable(parts[:-1]), parts[-1]) for parts in split]
 
     def _call(self, path: str, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
@@ -424,11 +458,7 @@ class Client:
         is revalidated at its open, as close-to-open wants). A path that cannot be opened
         raises its OSError, the others closed first."""
         vfs, ctx, root = self.volume.vfs, _ctx(), Caller.this_process().uid == 0
-        pairs = []
-        for path in paths:
-            if not self._parts(path):
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-            pairs.append(self._searched_parent(path))
+        pairs = self._searched_parents(paths)
         files, failed = [], None
         for path, one in zip(paths, vfs.open_many(pairs, os.O_RDONLY, ctx), strict=True):
             if isinstance(one, CachefsError):

@@ -87,6 +87,28 @@ class VFS:
         self.cache.put_entry(parent, name, ino, attr)
         return ino, self._with_length(ino, attr)
 
+    def lookup_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr] | CachefsError]:
+        """lookup of each (parent, name), in one metadata round trip where the engine allows
+        (the directories a DataLoader batch's paths go through); the error in place of one
+        that fails."""
+        out: list[tuple[int, Attr] | CachefsError | None] = [None] * len(pairs)
+        plain = []
+        for i, (parent, name) in enumerate(pairs):
+            if internal.reserved(parent, name):
+                ino = internal.NAMES[name]
+                out[i] = (ino, internal.attr(ino))
+            else:
+                plain.append(i)
+        for i, one in zip(plain, self.meta.lookup_open_many([pairs[i] for i in plain]) if plain else [],
+                          strict=True):
+            if isinstance(one, CachefsError):
+                out[i] = one
+                continue
+            ino, attr, _ = one
+            self.cache.put_entry(*pairs[i], ino, attr)
+            out[i] = (ino, self._with_length(ino, attr))
+        return out  # type: ignore[return-value]
+
     def getattr(self, ino: int) -> Attr:
         if internal.is_internal(ino):
             return internal.attr(ino)

@@ -79,6 +79,35 @@ def test_file_api_round_trip(volumes):
         assert sorted(c.listdir("/a")) == ["t.txt"]
 
 
+def test_read_many_looks_up_a_batch_s_directories_together(volumes):
+    """The directories a batch goes through that the metadata cache does not hold are looked
+    up together, one round trip per depth (one per directory cost a round trip each for a
+    dataset's class directories, every second, in every worker)."""
+    url = volumes.create("redis", "s3")
+    with Client(url) as c:
+        for i in range(8):
+            c.makedirs(f"/train/c{i}")
+            c.write_bytes(f"/train/c{i}/img", b"%d" % i)
+    with Client(url, attr_cache=60, entry_cache=60, dir_entry_cache=60) as c:
+        meta, calls = c.volume.meta, []
+        for name in ("lookup", "lookup_open", "lookup_open_many", "getattr"):
+            def counted(*a, _f=getattr(meta, name), _n=name):
+                calls.append(_n)
+                return _f(*a)
+            setattr(meta, name, counted)
+        paths = [f"/train/c{i}/img" for i in range(8)]
+        assert c.read_many(paths) == [b"%d" % i for i in range(8)]
+        # /train, then the eight class directories, then the files: three round trips
+        assert calls.count("lookup_open_many") == 3 and calls.count("lookup") == 0, calls
+        calls.clear()
+        assert c.read_many(paths[::-1]) == [b"%d" % i for i in range(8)][::-1]
+        assert calls == ["lookup_open_many"], calls  # the directories from the cache now
+        with pytest.raises(FileNotFoundError):
+            c.read_many(["/train/c1/img", "/train/nope/img"])
+        with pytest.raises(NotADirectoryError):
+            c.read_many(["/train/c1/img/x"])
+
+
 def test_read_many_opens_a_batch_together_with_close_to_open(volumes):
     """A DataLoader batch's files, opened in one metadata round trip: each revalidated (a
     change by another client is seen), errors in their place, nothing left open."""
