@@ -217,31 +217,61 @@ class Client:
 
     def _resolve(self, path: str, parent: bool = False) -> tuple[int, Attr, bytes]:
         """(inode, attributes, last name) of path; with parent, of its directory and the name
-        in it. Every directory walked through must be searchable by this process (access.py:
-        no kernel checks for us). Entries and attributes this client saw within the entry and
-        attribute timeouts are taken from its metadata cache, as a mount's kernel takes its
-        dentries: a deep path costs no round trip per directory (open still revalidates)."""
-        vfs = self.volume.vfs
-        parts = self._parts(path)
-        if parent and not parts:
-            raise ValueError(f"{path!r} names the volume's root")
-        who = Caller.this_process()
-        walk = parts[:-1] if parent else parts
-        try:
-            ino = ROOT_INODE
-            attr = (vfs.cached_getattr(ROOT_INODE) or vfs.getattr(ROOT_INODE)) if who.uid != 0 or not walk else None
-            for name in walk:
-                if attr is not None:  # (root may search any directory: None until the last)
-                    if attr.type != TYPE_DIR:
-                        raise FSError(errno.ENOTDIR)
-                    if who.uid != 0:
-                        access.check(attr, access.X, who)
-                ino, attr = vfs.cached_lookup(ino, name) or vfs.lookup(ino, name)
-        except CachefsError as e:
-            raise _oserror(e, path) from None
-        if parent and attr.type != TYPE_DIR:
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        return ino, attr, parts[-1] if parts else b""
+        in it (a directory this process may search)."""
+        (found,) = self._walk([path], parent)
+        return found
+
+    def _walk(self, paths: list[str], parent: bool) -> list[tuple[int, Attr, bytes]]:
+        """_resolve of each path. Every directory walked through must be searchable by this
+        process (access.py: no kernel checks for us). Entries and attributes this client saw
+        within the entry and attribute timeouts are taken from its metadata cache, as a mount's
+        kernel takes its dentries (open still revalidates); the directories not in it are
+        looked up together, one round trip per depth, not one per directory (a dataset batch's
+        paths go through a directory each, whose entries expire every second)."""
+        vfs, who = self.volume.vfs, Caller.this_process()
+        ends, seen = [], {}  # seen: a path through each directory walked, for its error
+        for path in paths:
+            parts = self._parts(path)
+            if parent and not parts:
+                raise ValueError(f"{path!r} names the volume's root")
+            end = tuple(parts[:-1] if parent else parts)
+            ends.append((end, parts[-1] if parts else b""))
+            for k in range(len(end) + 1):
+                seen.setdefault(end[:k], path)
+        # (root may search any directory: its attributes are not needed unless asked for)
+        root = vfs.cached_getattr(ROOT_INODE) or self._call("/", vfs.getattr, ROOT_INODE) \
+            if who.uid != 0 or () in (e for e, _ in ends) else None
+        known: dict[tuple[bytes, ...], tuple[int, Attr | None]] = {(): (ROOT_INODE, root)}
+
+        def searchable(d: tuple[bytes, ...]) -> int:
+            ino, attr = known[d]
+            if attr is not None:
+                if attr.type != TYPE_DIR:
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), seen[d])
+                if who.uid != 0:
+                    self._may(seen[d], attr, access.X)
+            return ino
+
+        for depth in range(1, max(map(len, seen), default=0) + 1):
+            asked = []
+            for d in (d for d in seen if len(d) == depth):
+                ino = searchable(d[:-1])
+                hit = vfs.cached_lookup(ino, d[-1])
+                if hit is None:
+                    asked.append((d, ino))
+                else:
+                    known[d] = hit
+            found = vfs.lookup_many([(ino, d[-1]) for d, ino in asked]) if asked else []
+            for (d, _), one in zip(asked, found, strict=True):
+                if isinstance(one, CachefsError):
+                    raise _oserror(one, seen[d])
+                known[d] = one
+        out = []
+        for end, name in ends:
+            if parent:
+                searchable(end)
+            out.append((*known[end], name))
+        return out  # type: ignore[return-value]
 
     def _may(self, path: str, attr: Attr, want: int) -> None:
         """PermissionError unless this process may `want` on a file with these attributes."""
@@ -278,7 +308,7 @@ class Client:
             ino, attr, _ = self._resolve(path)
             return ino, attr, None
         vfs = self.volume.vfs
-        (parent, name), = self._searched_parents([path])
+        (parent, _, name), = self._walk([path], parent=True)
         hit = vfs.cached_lookup(parent, name)
         if hit is not None:
             return hit[0], hit[1], None
@@ -289,48 +319,6 @@ class Client:
             vfs.release(fh)
             raise
         return ino, attr, fh
-
-    def _searched_parents(self, paths: list[str]) -> list[tuple[int, bytes]]:
-        """(directory, last name) of each path below the root, whose directory this process
-        may search, as a lookup of the name in it needs. The directories not in the metadata
-        cache are looked up together, one round trip per depth, not one per directory (a
-        dataset batch's paths go through a directory each, whose entries expire every second)."""
-        vfs, who = self.volume.vfs, Caller.this_process()
-        split, seen = [], {}  # seen: a path through each directory, for its error
-        for path in paths:
-            parts = self._parts(path)
-            if not parts:
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-            split.append(tuple(parts))
-            for k in range(len(parts)):
-                seen.setdefault(tuple(parts[:k]), path)
-        root = vfs.cached_getattr(ROOT_INODE) or self._call("/", vfs.getattr, ROOT_INODE) if who.uid != 0 else None
-        known: dict[tuple[bytes, ...], tuple[int, Attr | None]] = {(): (ROOT_INODE, root)}
-
-        def searchable(d: tuple[bytes, ...]) -> int:
-            ino, attr = known[d]
-            if attr is not None:  # (root may search any directory: None for the root, then)
-                if attr.type != TYPE_DIR:
-                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), seen[d])
-                if who.uid != 0:
-                    self._may(seen[d], attr, access.X)
-            return ino
-
-        for depth in range(1, max(map(len, split), default=0)):
-            asked = []
-            for d in (d for d in seen if len(d) == depth):
-                parent = searchable(d[:-1])
-                hit = vfs.cached_lookup(parent, d[-1])
-                if hit is None:
-                    asked.append((d, parent))
-                else:
-                    known[d] = hit
-            found = vfs.lookup_many([(parent, d[-1]) for d, parent in asked]) if asked else []
-            for (d, _), one in zip(asked, found, strict=True):
-                if isinstance(one, CachefsError):
-                    raise _oserror(one, seen[d])
-                known[d] = one
-        return [(searchable(parts[:-1]), parts[-1]) for parts in split]
 
     def _call(self, path: str, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
@@ -458,7 +446,10 @@ class Client:
         is revalidated at its open, as close-to-open wants). A path that cannot be opened
         raises its OSError, the others closed first."""
         vfs, ctx, root = self.volume.vfs, _ctx(), Caller.this_process().uid == 0
-        pairs = self._searched_parents(paths)
+        for path in paths:
+            if not self._parts(path):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        pairs = [(ino, name) for ino, _, name in self._walk(paths, parent=True)]
         files, failed = [], None
         for path, one in zip(paths, vfs.open_many(pairs, os.O_RDONLY, ctx), strict=True):
             if isinstance(one, CachefsError):

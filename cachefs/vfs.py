@@ -99,12 +99,11 @@ class VFS:
                 out[i] = (ino, internal.attr(ino))
             else:
                 plain.append(i)
-        for i, one in zip(plain, self.meta.lookup_open_many([pairs[i] for i in plain]) if plain else [],
-                          strict=True):
+        for i, one in zip(plain, self.meta.lookup_many([pairs[i] for i in plain]) if plain else [], strict=True):
             if isinstance(one, CachefsError):
                 out[i] = one
                 continue
-            ino, attr, _ = one
+            ino, attr = one
             self.cache.put_entry(*pairs[i], ino, attr)
             out[i] = (ino, self._with_length(ino, attr))
         return out  # type: ignore[return-value]

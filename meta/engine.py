@@ -274,31 +274,54 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
         if len(name) > MAX_NAME:
             raise FSError(errno.ENAMETOOLONG)
+        return self._read(lambda tx: self._lookup_in(tx, parent, name))
 
-        def fn(tx: Tx) -> tuple[int, Attr]:
-            if name == b".":
-                attr = tx.get_attr(parent)
-                if attr is None:
-                    raise FSError(errno.ENOENT)
-                return parent, attr
-            if name == b"..":
-                pattr = tx.get_attr(parent)
-                if pattr is None:
-                    raise FSError(errno.ENOENT)
-                up = pattr.parent or ROOT_INODE
-                attr = tx.get_attr(up)
-                if attr is None:
-                    raise FSError(errno.ENOENT)
-                return up, attr
-            entry = tx.get_entry(parent, name)
-            if entry is None:
-                raise FSError(errno.ENOENT)
-            attr = tx.get_attr(entry[0])
-            if attr is None:
-                raise FSError(errno.ENOENT)
-            return entry[0], attr
+    def lookup_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr] | FSError]:
+        """lookup of each (parent, name), in one round trip where the engine allows (the
+        directories a DataLoader batch's paths go through); the FSError in place of one that
+        fails."""
+        def fn(tx: Tx) -> list[tuple[int, Attr] | FSError]:
+            out: list[tuple[int, Attr] | FSError] = []
+            for parent, name in pairs:
+                try:
+                    if len(name) > MAX_NAME:
+                        raise FSError(errno.ENAMETOOLONG)
+                    out.append(self._lookup_in(tx, parent, name))
+                except FSError as e:
+                    out.append(e)
+            return out
 
         return self._read(fn)
+
+    def _one_lookup(self, parent: int, name: bytes) -> tuple[int, Attr] | FSError:
+        try:
+            return self.lookup(parent, name)
+        except FSError as e:
+            return e
+
+    @staticmethod
+    def _lookup_in(tx: Tx, parent: int, name: bytes) -> tuple[int, Attr]:
+        if name == b".":
+            attr = tx.get_attr(parent)
+            if attr is None:
+                raise FSError(errno.ENOENT)
+            return parent, attr
+        if name == b"..":
+            pattr = tx.get_attr(parent)
+            if pattr is None:
+                raise FSError(errno.ENOENT)
+            up = pattr.parent or ROOT_INODE
+            attr = tx.get_attr(up)
+            if attr is None:
+                raise FSError(errno.ENOENT)
+            return up, attr
+        entry = tx.get_entry(parent, name)
+        if entry is None:
+            raise FSError(errno.ENOENT)
+        attr = tx.get_attr(entry[0])
+        if attr is None:
+            raise FSError(errno.ENOENT)
+        return entry[0], attr
 
     def getattr(self, ino: int) -> Attr:
         attr = self._read(lambda tx: tx.get_attr(ino))

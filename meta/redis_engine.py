@@ -35,12 +35,21 @@ log = logging.getLogger("cachefs.meta")
 
 
 # One round trip for the commonest metadata request: the entry and the attributes it points to
-# (both keys carry the volume's hash tag, so they live in one Cluster slot).
+# (both keys carry the volume's hash tag, so they live in one Cluster slot), for one name or
+# many at once (the directories a DataLoader batch's paths go through): KEYS are the parents'
+# directory hashes, ARGV the attribute key prefix and then the names; an answer per name, false
+# for a miss
 LOOKUP_SCRIPT = """
-local e = redis.call('HGET', KEYS[1], ARGV[1])
-if not e then return false end
-local ino = struct.unpack('<I8', e)
-return {e, redis.call('GET', ARGV[2] .. string.format('%d', ino))}
+local out = {}
+for i, dir in ipairs(KEYS) do
+  local e = redis.call('HGET', dir, ARGV[i + 1])
+  if e then
+    out[i] = {e, redis.call('GET', ARGV[1] .. string.format('%d', struct.unpack('<I8', e)))}
+  else
+    out[i] = false
+  end
+end
+return out
 """
 
 # the same, with the first chunk's slice records (an open by path: one round trip), for one name
@@ -144,11 +153,29 @@ class RedisMeta(BaseMeta):
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
         if not _scripted(name):
             return super().lookup(parent, name)
-        found = self._call(lambda: self._lookup(keys=[self.k.dir(parent)], args=[name, self.k.attr(0)[:-1]]))
+        found = self._call(lambda: self._lookup(keys=[self.k.dir(parent)], args=[self.k.attr(0)[:-1], name]))
+        one = self._looked_up(parent, name, found[0])
+        if isinstance(one, FSError):
+            raise one
+        return one
+
+    def lookup_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr] | FSError]:
+        plain = [i for i, (_, name) in enumerate(pairs) if _scripted(name)]
+        out: list[Any] = [None] * len(pairs)
+        if plain:
+            found = self._call(lambda: self._lookup(keys=[self.k.dir(pairs[i][0]) for i in plain],
+                                                    args=[self.k.attr(0)[:-1], *(pairs[i][1] for i in plain)]))
+            for i, one in zip(plain, found, strict=True):
+                out[i] = self._looked_up(*pairs[i], one)
+        return [self._one_lookup(*pairs[i]) if one is None else one for i, one in enumerate(out)]
+
+    def _looked_up(self, parent: int, name: bytes, found: list | None) -> tuple[int, Attr] | FSError:
+        """The lookup script's answer for one name; its keys kept as hints for the write that
+        often follows (a create after a miss)."""
         if not found or not found[1]:
             if not found:
-                self.hints.put((self.k.dir(parent), name), None)  # a create follows, often
-            raise FSError(errno.ENOENT)
+                self.hints.put((self.k.dir(parent), name), None)
+            return FSError(errno.ENOENT)
         ino = ENTRY.unpack(found[0])[0]
         self.hints.put((self.k.dir(parent), name), found[0])
         self.hints.put(self.k.attr(ino), found[1])

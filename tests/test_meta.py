@@ -109,6 +109,20 @@ def test_lookup_open_many_answers_each_as_lookup_open(meta):
     assert meta.lookup_open_many([]) == []
 
 
+def test_lookup_many_answers_each_as_lookup(meta):
+    d = mkdir(meta, ROOT_INODE, b"d")
+    f = mkfile(meta, d, b"f")
+    pairs = [(d, b"f"), (d, b"nope"), (d, b"."), (d, b".."), (d, b"x" * 256), (ROOT_INODE, b"d"), (f, b"x")]
+    got = meta.lookup_many(pairs)
+    assert got[0] == meta.lookup(d, b"f") and got[0][0] == f
+    assert isinstance(got[1], FSError) and got[1].errno == errno.ENOENT
+    assert got[2][0] == d and got[3][0] == ROOT_INODE
+    assert isinstance(got[4], FSError) and got[4].errno == errno.ENAMETOOLONG
+    assert got[5] == meta.lookup(ROOT_INODE, b"d")
+    assert isinstance(got[6], FSError)  # a file is not a directory: nothing found under it
+    assert meta.lookup_many([]) == []
+
+
 def test_setgid_directory_inheritance(meta):
     d = mkdir(meta, ROOT_INODE, b"d")
     meta.setattr(d, mode=0o2775, gid=42)
