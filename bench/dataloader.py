@@ -9,7 +9,11 @@ Targets, interleaved round by round:
 - "cachefs.torch": cachefs.torch.MapDataset through an in-process cachefs.Client that keeps its
   own disk cache (DataLoader workers read it as cacheview.py describes);
 - "JuiceFS FUSE": the same plain dataset on a JuiceFS mount;
-- "s3torchconnector": S3MapDataset over the same layout as plain objects in a bucket (no cache).
+- "s3torchconnector": S3MapDataset over the same layout as plain objects in a bucket (no cache);
+- "local dir": the same plain dataset on the local disk, page cache dropped: the disk's own speed,
+  which bounds every warm row (their caches are on the same disk).
+
+`--targets fuse,torch,juicefs,s3torchconnector,local` picks a subset (RESULTS.md is then left alone).
 
 Jobs: one shuffled epoch with 0, 4 and 8 workers, cold (every cache emptied, page cache
 dropped) then warm (local caches kept, page cache dropped); a 1 GiB file read in 4 MiB chunks
@@ -48,6 +52,7 @@ from tests.servers import RedisServer  # noqa: E402
 MiB = 1 << 20
 BATCH = 32
 CHUNK = 4 * MiB
+TARGETS = ("fuse", "torch", "juicefs", "s3torchconnector", "local")  # --targets names, in table order
 
 
 def ensure_s3torchconnector() -> bool:
@@ -123,6 +128,10 @@ class FuseRunner(Runner):
 
     def make_cold(self) -> None:
         self.target.make_cold()
+
+    def make_warm(self) -> None:
+        self.target.wait_warm()  # JuiceFS writes its cache entries after the read returned
+        drop_caches()
 
     def read_chunks(self, order: list[int]) -> int:
         n = 0
@@ -243,6 +252,33 @@ class S3Runner(Runner):
         return n
 
 
+class LocalRunner(Runner):
+    """The plain dataset on the local disk: what reading the data costs with no file system of
+    ours in between (cold and warm alike: the page cache dropped, the disk's speed), the ceiling
+    of any warm row, whose cache is on the same disk."""
+
+    name = "local dir"
+
+    def __init__(self, root: str, names: list[str]) -> None:
+        self.root, self.names = root, names
+
+    def dataset(self) -> Dataset:
+        return Files(os.path.join(self.root, "train"), self.names)
+
+    def make_cold(self) -> None:
+        drop_caches()
+
+    def read_chunks(self, order: list[int]) -> int:
+        n = 0
+        fd = os.open(os.path.join(self.root, "big.bin"), os.O_RDONLY)
+        try:
+            for i in order:
+                n += len(os.pread(fd, CHUNK, i * CHUNK))
+        finally:
+            os.close(fd)
+        return n
+
+
 def local_save(sd: dict, work: str) -> tuple[float, float]:
     path = os.path.join(work, "local-ckpt.pt")
     t0 = time.perf_counter()
@@ -294,12 +330,19 @@ def main() -> int:
     ap.add_argument("--big", type=int, default=1024, help="MiB of the large file (default 1024)")
     ap.add_argument("--ckpt", type=int, default=1024, help="MiB of the checkpoint (default 1024)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--targets", default=",".join(TARGETS),
+                    help=f"comma-separated subset of {','.join(TARGETS)} (default all)")
     ap.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     a = ap.parse_args()
+    wanted = a.targets.split(",")
+    if unknown := [t for t in wanted if t not in TARGETS]:
+        print(f"bench/dataloader.py: unknown target {unknown[0]!r} (choose from {', '.join(TARGETS)})",
+              file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("bench/dataloader.py: run as root (it mounts file systems)", file=sys.stderr)
         return 1
-    has_s3t = ensure_s3torchconnector()
+    has_s3t = "s3torchconnector" in wanted and ensure_s3torchconnector()
     workers = [int(w) for w in a.workers.split(",")]
     work = tempfile.mkdtemp(prefix="cachefs-dl-")
     os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1")
@@ -307,6 +350,7 @@ def main() -> int:
     names = [f"class{i % 100:03d}/img{i:06d}.jpg" for i in range(a.files)]
     results: dict[str, dict[str, list[float]]] = {}
     runners: list[Runner] = []
+    fuse: FuseRunner | None = None
 
     def record(target: str, job: str, value: float) -> None:
         results.setdefault(job, {}).setdefault(target, []).append(value)
@@ -320,21 +364,31 @@ def main() -> int:
         cfs.setup(s3)
         os.makedirs(cfs_wb.mountpoint, exist_ok=True)
         cfs_wb._mount()
-        jfs = JuiceFS("JuiceFS FUSE", os.path.join(work, "jfs"), redis.url(2), work)
-        jfs_wb = JuiceFS("JuiceFS wb", os.path.join(work, "jfs-wb"), redis.url(2), work, ["--writeback"])
-        jfs.setup(s3)
-        os.makedirs(jfs_wb.mountpoint, exist_ok=True)
-        jfs_wb._mount()
-        for t in (cfs, jfs):
+        mounts = [cfs]
+        if "juicefs" in wanted:
+            jfs = JuiceFS("JuiceFS FUSE", os.path.join(work, "jfs"), redis.url(2), work)
+            jfs_wb = JuiceFS("JuiceFS wb", os.path.join(work, "jfs-wb"), redis.url(2), work, ["--writeback"])
+            jfs.setup(s3)
+            os.makedirs(jfs_wb.mountpoint, exist_ok=True)
+            jfs_wb._mount()
+            mounts.append(jfs)
+        for t in mounts:
             sh("cp", "-r", os.path.join(src, "train"), os.path.join(src, "big.bin"), t.mountpoint + "/")
         cfs.flush()
-        runners.append(FuseRunner("cachefs FUSE", cfs, names, cfs_wb))
-        runners.append(ClientRunner(redis.url(1), work))
-        runners.append(FuseRunner("JuiceFS FUSE", jfs, names, jfs_wb))
+        fuse = FuseRunner("cachefs FUSE", cfs, names, cfs_wb)
+        if "fuse" in wanted:
+            runners.append(fuse)
+        if "torch" in wanted:
+            runners.append(ClientRunner(redis.url(1), work))
+        if "juicefs" in wanted:
+            runners.append(FuseRunner("JuiceFS FUSE", jfs, names, jfs_wb))
         if has_s3t:
             upload_dataset(s3, "s3t", src, names)
             runners.append(S3Runner(s3.endpoint, "s3t"))
-        set_aside(src)  # the dataset's source files: deleted at the end with the rest
+        if "local" in wanted:
+            runners.append(LocalRunner(src, names))
+        else:
+            set_aside(src)  # the dataset's source files: deleted at the end with the rest
         sd = state_dict(a.ckpt)
         chunks = a.big * MiB // CHUNK
         for rnd in range(a.rounds):
@@ -362,7 +416,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 r.read_chunks(order)
                 record(r.name, "4 MiB random chunks of a large file, warm: MiB/s", a.big / (time.perf_counter() - t0))
-                if not isinstance(r, S3Runner):
+                if not isinstance(r, (S3Runner, LocalRunner)):
                     returned, durable = r.save(sd)
                     record(r.name, "checkpoint save: seconds until it returns", returned)
                     record(r.name, "checkpoint save: seconds until in the object store", durable)
@@ -371,6 +425,8 @@ def main() -> int:
             record("local dir", "checkpoint save: seconds until it returns", returned)
             record("local dir", "checkpoint save: seconds until in the object store", durable)
     finally:
+        if fuse is not None and fuse not in runners:
+            runners.append(fuse)  # its mounts hold the dataset; torn down like the others
         for r in runners:
             try:
                 r.close()
@@ -379,9 +435,11 @@ def main() -> int:
         s3.stop()
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
-    table = render(results, [r.name for r in runners] + ["local dir"])
+    table = render(results, list(dict.fromkeys([r.name for r in runners] + ["local dir"])))
     print(table)
-    if not a.no_results:
+    if not a.no_results and len(wanted) < len(TARGETS):
+        print("(a subset of the targets: bench/RESULTS.md left alone)")
+    elif not a.no_results:
         replace_section("dataloader", f"""## Training reads without FUSE (`bench/dataloader.py`)
 
 Measured by `python bench/dataloader.py --files {a.files} --rounds {a.rounds} --big {a.big} --ckpt {a.ckpt}` on
@@ -396,14 +454,15 @@ against the cachefs.torch column where it applies. Checkpoint: {a.ckpt} MiB stat
 
 def render(results: dict[str, dict[str, list[float]]], targets: list[str]) -> str:
     shown = [t for t in targets if any(t in v for v in results.values())]
-    lines = ["| job | " + " | ".join(shown) + " | cachefs.torch vs cachefs FUSE / JuiceFS / s3torchconnector |",
+    others = ("cachefs FUSE", "JuiceFS FUSE", "s3torchconnector", "local dir")
+    lines = ["| job | " + " | ".join(shown) + f" | cachefs.torch vs {' / '.join(others)} |",
              "|---|" + "---|" * (len(shown) + 1)]
     for job, by in results.items():
         med = {t: statistics.median(v) for t, v in by.items()}
         cells = [f"{med[t]:.1f}" if t in med else "" for t in shown]
         ours = med.get("cachefs.torch")
         ratios = []
-        for other in ("cachefs FUSE", "JuiceFS FUSE", "s3torchconnector"):
+        for other in others:
             if ours is None or other not in med or not med[other]:
                 ratios.append("-")
             elif "seconds" in job:
@@ -416,7 +475,7 @@ def render(results: dict[str, dict[str, list[float]]], targets: list[str]) -> st
         if job in results:
             ours = statistics.median(results[job]["cachefs.torch"])
             local = statistics.median(results[job]["local dir"])
-            lines.append(f"| cachefs.torch save / local dir save | {ours / local:.2f}x | | | | | |")
+            lines.append(f"| cachefs.torch save / local dir save | {ours / local:.2f}x |" + " |" * len(shown))
     return "\n".join(lines)
 
 
