@@ -99,6 +99,18 @@ def epoch(ds: Dataset, workers: int, seed: int) -> tuple[float, int, int]:
     return took, len(ds), total
 
 
+def read_file_chunks(path: str, order: list[int]) -> int:
+    """Bytes read from the file in CHUNK pieces, in this order (the large-file job)."""
+    n = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i in order:
+            n += len(os.pread(fd, CHUNK, i * CHUNK))
+    finally:
+        os.close(fd)
+    return n
+
+
 class Runner:
     """One target's datasets, cold and warm."""
 
@@ -134,14 +146,7 @@ class FuseRunner(Runner):
         drop_caches()
 
     def read_chunks(self, order: list[int]) -> int:
-        n = 0
-        fd = os.open(os.path.join(self.target.mountpoint, "big.bin"), os.O_RDONLY)
-        try:
-            for i in order:
-                n += len(os.pread(fd, CHUNK, i * CHUNK))
-        finally:
-            os.close(fd)
-        return n
+        return read_file_chunks(os.path.join(self.target.mountpoint, "big.bin"), order)
 
     def save(self, sd: dict) -> tuple[float, float]:
         path = os.path.join(self.writeback.mountpoint, "ckpt", f"{time.monotonic_ns()}.pt")
@@ -269,14 +274,7 @@ class LocalRunner(Runner):
         drop_caches()
 
     def read_chunks(self, order: list[int]) -> int:
-        n = 0
-        fd = os.open(os.path.join(self.root, "big.bin"), os.O_RDONLY)
-        try:
-            for i in order:
-                n += len(os.pread(fd, CHUNK, i * CHUNK))
-        finally:
-            os.close(fd)
-        return n
+        return read_file_chunks(os.path.join(self.root, "big.bin"), order)
 
 
 def local_save(sd: dict, work: str) -> tuple[float, float]:

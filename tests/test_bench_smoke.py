@@ -44,3 +44,20 @@ def test_checkpoint_smoke():
         returns, durable, upload = float(rows[name][0]), float(rows[name][3]), float(rows[name][5])
         assert 0 < returns <= durable and upload > 0
     assert float(rows["raw PUT, 16 threads x 4 MiB (boto3)"][5]) > 0
+
+
+def test_dataloader_smoke():
+    pytest.importorskip("torch")
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "dataloader.py"), "--files", "120", "--workers", "0,2",
+           "--big", "8", "--ckpt", "16", "--rounds", "1", "--no-results"]
+    res = subprocess.run([*cmd, "--targets", "fuse,torch,local"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    table = [line for line in res.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| job | cachefs FUSE | cachefs.torch | local dir |")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]] for line in table[1:]}
+    for job in ("0 workers, cold: items/s", "2 workers, warm: items/s",
+                "4 MiB random chunks of a large file, warm: MiB/s"):
+        assert all(float(c) > 0 for c in rows[job]), (job, rows[job])
+    assert float(rows["checkpoint save: seconds until in the object store"][1]) > 0
+    bad = subprocess.run([*cmd, "--targets", "torch,nfs"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "'nfs'" in bad.stderr
