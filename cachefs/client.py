@@ -229,48 +229,65 @@ class Client:
         looked up together, one round trip per depth, not one per directory (a dataset batch's
         paths go through a directory each, whose entries expire every second)."""
         vfs, who = self.volume.vfs, Caller.this_process()
-        ends, seen = [], {}  # seen: a path through each directory walked, for its error
+        split = []
         for path in paths:
             parts = self._parts(path)
             if parent and not parts:
                 raise ValueError(f"{path!r} names the volume's root")
-            end = tuple(parts[:-1] if parent else parts)
-            ends.append((end, parts[-1] if parts else b""))
-            for k in range(len(end) + 1):
-                seen.setdefault(end[:k], path)
-        # (root may search any directory: its attributes are not needed unless asked for)
-        root = vfs.cached_getattr(ROOT_INODE) or self._call("/", vfs.getattr, ROOT_INODE) \
-            if who.uid != 0 or () in (e for e, _ in ends) else None
-        known: dict[tuple[bytes, ...], tuple[int, Attr | None]] = {(): (ROOT_INODE, root)}
+            split.append((path, tuple(parts[:-1] if parent else parts), parts[-1] if parts else b""))
+        # (root may search any directory: its attributes are needed only when asked for)
+        root = None
+        if who.uid != 0 or any(not end for _, end, _ in split):
+            root = vfs.cached_getattr(ROOT_INODE) or self._call("/", vfs.getattr, ROOT_INODE)
 
-        def searchable(d: tuple[bytes, ...]) -> int:
-            ino, attr = known[d]
+        def searchable(path: str, attr: Attr | None) -> None:
             if attr is not None:
                 if attr.type != TYPE_DIR:
-                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), seen[d])
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
                 if who.uid != 0:
-                    self._may(seen[d], attr, access.X)
-            return ino
+                    self._may(path, attr, access.X)
 
-        for depth in range(1, max(map(len, seen), default=0) + 1):
-            asked = []
-            for d in (d for d in seen if len(d) == depth):
-                ino = searchable(d[:-1])
-                hit = vfs.cached_lookup(ino, d[-1])
+        # first through the metadata cache, path by path; what it does not hold is walked below
+        known: dict[tuple[bytes, ...], tuple[int, Attr | None]] = {(): (ROOT_INODE, root)}
+        seen: dict[tuple[bytes, ...], str] = {}  # a path through each directory, for its error
+        levels: list[list[tuple[bytes, ...]]] = []  # the directories left to look up, by depth
+        for path, end, _ in split:
+            ino, attr, k = ROOT_INODE, root, 0
+            while k < len(end):
+                searchable(path, attr)
+                hit = vfs.cached_lookup(ino, end[k])
                 if hit is None:
-                    asked.append((d, ino))
-                else:
-                    known[d] = hit
-            found = vfs.lookup_many([(ino, d[-1]) for d, ino in asked]) if asked else []
-            for (d, _), one in zip(asked, found, strict=True):
-                if isinstance(one, CachefsError):
-                    raise _oserror(one, seen[d])
-                known[d] = one
+                    break
+                ino, attr = hit
+                k += 1
+            known[end[:k]] = (ino, attr)
+            seen.setdefault(end[:k], path)
+            for j in range(k + 1, len(end) + 1):
+                d = end[:j]
+                if d not in seen:
+                    seen[d] = path
+                    while len(levels) < j:
+                        levels.append([])
+                    levels[j - 1].append(d)
+        # the rest together, one round trip per depth
+        for level in levels:
+            asked = []
+            for d in level:
+                if d in known:
+                    continue
+                searchable(seen[d[:-1]], known[d[:-1]][1])
+                asked.append((d, known[d[:-1]][0]))
+            if asked:
+                for (d, _), one in zip(asked, vfs.lookup_many([(ino, d[-1]) for d, ino in asked]), strict=True):
+                    if isinstance(one, CachefsError):
+                        raise _oserror(one, seen[d])
+                    known[d] = one
         out = []
-        for end, name in ends:
+        for path, end, name in split:
+            ino, attr = known[end]
             if parent:
-                searchable(end)
-            out.append((*known[end], name))
+                searchable(path, attr)
+            out.append((ino, attr, name))
         return out  # type: ignore[return-value]
 
     def _may(self, path: str, attr: Attr, want: int) -> None:

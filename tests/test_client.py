@@ -251,6 +251,9 @@ def test_permissions_of_the_calling_process(volumes):
         c.mkdir("/tmpd")
         c.volume.vfs.setattr(c.stat("/tmpd").st_ino, mode=0o1777)
         c.write_bytes("/tmpd/roots", b"r")
+        c.makedirs("/locked/in")  # searchable by root only: nothing under it is reachable
+        c.write_bytes("/locked/in/f", b"hidden")
+        c.volume.vfs.setattr(c.stat("/locked").st_ino, mode=0o700)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: nobody, with a client of its own, checked as its euid
@@ -280,7 +283,9 @@ def _as_nobody(c: Client) -> str:
         for act, args in ((c.read_bytes, ("/secret",)), (c.read_many, (["/pub/f", "/secret"],)),
                           (c.write_bytes, ("/pub/new", b"x")),
                           (c.remove, ("/pub/f",)), (c.mkdir, ("/pub/d",)),
-                          (c.remove, ("/tmpd/roots",))):  # sticky: not ours
+                          (c.remove, ("/tmpd/roots",)),  # sticky: not ours
+                          (c.stat, ("/locked/in/f",)), (c.read_many, (["/pub/f", "/locked/in/f"],)),
+                          (c.write_bytes, ("/locked/new", b"x")), (c.remove, ("/locked/in/f",))):
             try:
                 act(*args)
             except PermissionError:
