@@ -118,7 +118,9 @@ class Runner:
 
     def dataset(self) -> Dataset: ...
 
-    def make_cold(self) -> None: ...
+    def make_cold(self) -> None:
+        """Every cache emptied (a target with none of its own: the page cache dropped)."""
+        drop_caches()
 
     def make_warm(self) -> None:
         """Local cache kept, page cache dropped."""
@@ -241,9 +243,6 @@ class S3Runner(Runner):
         return S3MapDataset.from_prefix(f"s3://{self.bucket}/train/", region="us-east-1", endpoint=self.endpoint,
                                         transform=_size, s3client_config=self.config)
 
-    def make_cold(self) -> None:
-        drop_caches()
-
     def read_chunks(self, order: list[int]) -> int:
         from s3torchconnector import S3ReaderConstructor
         from s3torchconnector._s3client import S3Client
@@ -269,9 +268,6 @@ class LocalRunner(Runner):
 
     def dataset(self) -> Dataset:
         return Files(os.path.join(self.root, "train"), self.names)
-
-    def make_cold(self) -> None:
-        drop_caches()
 
     def read_chunks(self, order: list[int]) -> int:
         return read_file_chunks(os.path.join(self.root, "big.bin"), order)

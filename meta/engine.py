@@ -272,8 +272,6 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
 
     # ---- lookups -----------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
-        if len(name) > MAX_NAME:
-            raise FSError(errno.ENAMETOOLONG)
         return self._read(lambda tx: self._lookup_in(tx, parent, name))
 
     def lookup_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr] | FSError]:
@@ -284,8 +282,6 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
             out: list[tuple[int, Attr] | FSError] = []
             for parent, name in pairs:
                 try:
-                    if len(name) > MAX_NAME:
-                        raise FSError(errno.ENAMETOOLONG)
                     out.append(self._lookup_in(tx, parent, name))
                 except FSError as e:
                     out.append(e)
@@ -301,6 +297,8 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
 
     @staticmethod
     def _lookup_in(tx: Tx, parent: int, name: bytes) -> tuple[int, Attr]:
+        if len(name) > MAX_NAME:
+            raise FSError(errno.ENAMETOOLONG)
         if name == b".":
             attr = tx.get_attr(parent)
             if attr is None:
