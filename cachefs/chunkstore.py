@@ -29,7 +29,7 @@ from .block import (
 )
 from .diskcache import DiskCache, entry_header
 from .durability import Durability
-from .errors import ChecksumError, ObjectError, ObjectNotFound
+from .errors import ChecksumError, ObjectError, ObjectNotFound, ObjectUnavailable
 from .metrics import Metrics
 from .objects import ObjectStore
 from .staging import Staging
@@ -222,17 +222,100 @@ class ChunkStore:
                 self._inflight.pop(key, None)
             settled.set()
 
+    def get_blocks(self, blocks: list[tuple[int, int, int]], width: int) -> list[Buffer | BaseException | None] | None:
+        """Whole blocks (slice id, slice size, index), a batch of small files' (Client.read_many),
+        those not held here fetched by this thread together, `width` in flight
+        (ObjectStore.get_many): each block, or its failure, or None for one another reader is
+        fetching already (the caller reads it the usual way, which waits for that). None for
+        all when the backend has no batched GET, or a cache group may hold them (its owners are
+        asked one by one, as get_block does)."""
+        if self.peers is not None or not self.objects.batched_gets:
+            return None
+        bs = self.block_size
+        out: list[Buffer | BaseException | None] = [None] * len(blocks)
+        mine = []  # (position, slice id, index, key, length, its in-flight entry)
+        for j, (slice_id, slice_size, index) in enumerate(blocks):
+            length = min(bs, slice_size - index * bs)
+            key = self.key(slice_id, index, length)
+            data = self.buffer.get(key)
+            if data is not None:
+                self.metrics.buffer_hits.inc()
+                out[j] = data
+                continue
+            with self._inflight_lock:
+                if key in self._inflight:
+                    continue
+                entry = self._inflight[key] = (Future(), threading.Event())
+            mine.append((j, slice_id, index, key, length, entry))
+        try:
+            misses = []
+            for one in mine:
+                j, slice_id, index, key, length, entry = one
+                try:
+                    data = self._local(slice_id, index, key, length)
+                except BaseException as e:
+                    entry[0].set_exception(e)
+                    out[j] = e
+                    continue
+                if data is None:
+                    misses.append(one)
+                else:
+                    out[j] = self._settle(key, data, entry[0], False)
+            raws = self.objects.get_many([one[3] for one in misses], width) if misses else []
+            for (j, slice_id, _index, key, length, (fut, _)), raw in zip(misses, raws, strict=True):
+                try:
+                    if raw is None:
+                        raise _Refetch()
+                    try:
+                        data = decode_block(raw, length, key)
+                    except ChecksumError:
+                        self.metrics.checksum_errors.labels("object").inc()
+                        raise _Refetch() from None
+                except _Refetch:  # failed in the batch: once more alone, with the retries
+                    try:
+                        data = self._fetch(slice_id, key, length)
+                    except BaseException as e:
+                        fut.set_exception(e)
+                        out[j] = e
+                        continue
+                out[j] = self._settle(key, data, fut, True)
+        finally:
+            for _j, _sid, _index, key, _length, (fut, settled) in mine:
+                if not fut.done():  # interrupted: its waiters read it themselves
+                    fut.set_exception(ObjectUnavailable("the batched fetch was interrupted"))
+                with self._inflight_lock:
+                    self._inflight.pop(key, None)
+                settled.set()
+        return out
+
+    def _settle(self, key: str, data: Buffer, fut: Future, fetched: bool) -> Buffer:
+        """A block get_blocks claimed, in memory and handed to its waiters; a fetched one
+        written to the disk cache (before the claim ends, as get_block does)."""
+        self.buffer.put(key, data)
+        self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
+        fut.set_result(data)
+        if fetched and self.cache is not None:
+            self.cache.put(key, data)
+        return data
+
     def _load(self, slice_id: int, index: int, key: str, length: int,
               from_peer: bool = False) -> tuple[Buffer, bool]:
-        """(block, fetched from the object store) from staging, the disk cache (verified), the
-        block's owner in the cache group (verified; not kept on disk here: the owner keeps it)
-        or else the object store (verified); a block another node has not uploaded yet is
-        asked of its writer, or waited for."""
+        """(block, fetched from the object store): held here or by a group member (_local), or
+        else the object store (verified)."""
+        data = self._local(slice_id, index, key, length, from_peer)
+        if data is not None:
+            return data, False
+        return self._fetch(slice_id, key, length), True
+
+    def _local(self, slice_id: int, index: int, key: str, length: int, from_peer: bool = False) -> Buffer | None:
+        """A block from staging, the disk cache (verified) or the block's owner in the cache
+        group (verified; not kept on disk here: the owner keeps it); a block another node has
+        not uploaded yet is asked of its writer. None: the object store has to be asked."""
         if self.staging is not None:
             raw = self.staging.get(slice_id, index, length)
             if raw is not None:
                 try:
-                    return decode_block(raw, length, key), False
+                    return decode_block(raw, length, key)
                 except ChecksumError:
                     self.metrics.checksum_errors.labels("staging").inc()
                     raise
@@ -243,14 +326,14 @@ class ChunkStore:
                 self._cache_damaged(key, e)
                 data = None
             if data is not None:
-                return data, False
+                return data
         if self.peers is not None:
             data = self.peers.fetch(key, length) if not from_peer else None
             if data is None:  # a block still staged on its writer is asked of it before S3,
                 data = self._from_writer(slice_id, key, length)  # which may be down meanwhile
             if data is not None:
-                return data, False
-        return self._fetch(slice_id, key, length), True
+                return data
+        return None
 
     def _fetch(self, slice_id: int, key: str, length: int) -> Buffer:
         """A block from the object store, verified. A body that fails its checksum was most
@@ -528,6 +611,10 @@ class ChunkStore:
         """Wait for the uploads in flight (the durability behind them is the volume's to close)."""
         self._uploads.shutdown(wait=True)
         self._downloads.shutdown(wait=True, cancel_futures=True)
+
+
+class _Refetch(Exception):
+    """A block of a batched fetch that failed there, to be fetched again alone."""
 
 
 class SliceWriter:

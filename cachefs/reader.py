@@ -101,6 +101,51 @@ class Reader:
         finally:
             fs.lock.release()
 
+    def read_whole_many(self, files: list[FileState], width: int) -> list[Buffer | BaseException | None]:
+        """Whole small files (a DataLoader batch's), those lying in one block of one slice
+        fetched together by this thread (ChunkStore.get_blocks); each one's bytes or failure,
+        or None for one to read the usual way (larger, fragmented, with buffered writes, or its
+        block being fetched by another reader already)."""
+        out: list[Buffer | BaseException | None] = [None] * len(files)
+        wanted, where = [], []
+        for j, fs in enumerate(files):
+            one = self._one_block(fs)
+            if one is not None:
+                slice_id, slice_size, index, start, n = one
+                wanted.append((slice_id, slice_size, index))
+                where.append((j, start, n))
+        got = self.chunks.get_blocks(wanted, width) if wanted else None
+        if got is None:
+            return out
+        for (j, start, n), block in zip(where, got, strict=True):
+            if block is None or isinstance(block, ObjectNotFound):  # compacted away since: read()
+                continue  # resolves the chunk again
+            if isinstance(block, BaseException):
+                out[j] = block
+            else:
+                out[j] = block if start == 0 and n == len(block) else memoryview(block)[start : start + n]
+        return out
+
+    def _one_block(self, fs: FileState) -> tuple[int, int, int, int, int] | None:
+        """(slice id, slice size, block index, start in the block, length) of a file whose bytes
+        all lie in one block of one slice, as its open resolved them."""
+        if not fs.lock.acquire(blocking=False):
+            return None
+        try:
+            segs = fs.segments.get(0)
+            if fs.buffered or segs is None or not 0 < fs.length <= CHUNK_SIZE:
+                return None
+            parts = covering(segs, 0, fs.length)
+            if len(parts) != 1 or not parts[0].id or parts[0].pos != 0 or parts[0].len != fs.length:
+                return None
+            g, bs = parts[0], self.chunks.block_size
+            index = g.off // bs
+            if (g.off + g.len - 1) // bs != index:
+                return None
+            return g.id, g.size, index, g.off - index * bs, g.len
+        finally:
+            fs.lock.release()
+
     def advise(self, fs: FileState, offset: int, size: int) -> bool:
         """Bytes [offset, offset+size) will be read next: their cache entries are read ahead
         (ChunkStore.advise), when the chunks' slices are known already; False when not all of

@@ -347,6 +347,20 @@ class VFS:
             return False
         return self.reader.advise(h.state, offset, size)
 
+    def read_whole_many(self, fhs: list[int], width: int) -> list[Buffer | BaseException | None]:
+        """Whole small files of open handles, fetched together (Reader.read_whole_many): each
+        one's bytes or failure, or None for one to read() the usual way."""
+        states, where = [], []
+        for j, fh in enumerate(fhs):
+            h = self.files.handles.get(fh)
+            if h is not None and h.state is not None and h.special is None:
+                states.append(h.state)
+                where.append(j)
+        out: list[Buffer | BaseException | None] = [None] * len(fhs)
+        for j, got in zip(where, self.reader.read_whole_many(states, width) if states else [], strict=True):
+            out[j] = got
+        return out
+
     def read_in_memory(self, fh: int, offset: int, size: int) -> Buffer | None:
         """read() answered from memory without blocking (FUSE shell, event loop), or None."""
         h = self.files.handles.get(fh)

@@ -109,6 +109,74 @@ def test_read_many_looks_up_a_batch_s_directories_together(volumes):
             c.read_many(["/train/c1/img/x"])
 
 
+def _counting_gets(c: Client) -> dict[str, list]:
+    """The object GETs a client makes from now on: batched ones (keys per call) and single ones."""
+    objects, seen = c.volume.objects, {"many": [], "one": []}
+    get_many, get = objects.get_many, objects.get
+    objects.get_many = lambda keys, width: seen["many"].append(list(keys)) or get_many(keys, width)
+    objects.get = lambda key: seen["one"].append(key) or get(key)
+    return seen
+
+
+def test_read_many_fetches_a_cold_batch_of_small_files_together(volumes, tmp_path):
+    """A batch's small files not cached here are fetched by the calling thread in one batched
+    GET (the others read the usual way, on the pool), land in the disk cache, and every file
+    reads byte-exact: one-block files, a large one, a fragmented one, an empty one, one being
+    written by this client."""
+    url = volumes.create("redis", "s3")
+    small = {f"/d/s{i}": os.urandom(1000 + 997 * i) for i in range(12)}
+    big = os.urandom(5 << 20)
+    with Client(url) as c:
+        c.makedirs("/d")
+        for p, data in small.items():
+            c.write_bytes(p, data)
+        c.write_bytes("/d/big", big)
+        c.write_bytes("/d/empty", b"")
+        c.write_bytes("/d/frag", b"a" * 5000)
+        with c.open("/d/frag", "r+b") as f:  # a second slice: not one block of one slice
+            f.seek(1000)
+            f.write(b"b" * 1000)
+    paths = [*small, "/d/big", "/d/empty", "/d/frag"]
+    want = [*small.values(), big, b"", b"a" * 1000 + b"b" * 1000 + b"a" * 3000]
+    cache = str(tmp_path / "cache")
+    with Client(url, cache_dir=cache, cache_size=1 << 30) as c, ThreadPoolExecutor(4) as pool:
+        seen = _counting_gets(c)
+        assert c.read_many(paths, pool) == want
+        assert len(seen["many"]) == 1 and len(seen["many"][0]) == len(small)  # the one-block files
+        assert len(seen["one"]) >= 2  # the big file's blocks and the fragmented file's, one by one
+        with c.open("/d/s0", "r+b", buffering=0) as f:  # buffered here, not committed: read the usual way
+            f.write(b"being written")
+            assert c.read_many(["/d/s0", "/d/s1"], pool) == [b"being written" + small["/d/s0"][13:], small["/d/s1"]]
+    with Client(url, cache_dir=cache, cache_size=1 << 30) as c, ThreadPoolExecutor(4) as pool:
+        seen = _counting_gets(c)
+        assert c.read_many(paths[1:len(small)], pool) == want[1:len(small)]
+        assert seen == {"many": [], "one": []}  # all from the disk cache the batch filled
+
+
+def test_read_many_batched_fetch_rides_through_faults_and_never_returns_wrong_bytes(volumes, proxied_s3, tmp_path):
+    """A GET of the batch that fails (a reset, a flipped byte) is fetched again alone, with the
+    retries; a block that stays damaged is EIO for the batch, never wrong bytes."""
+    from .conftest import s3_volume
+    from .faultproxy import Fault
+
+    url = s3_volume(volumes, proxied_s3)
+    files = {f"/f{i}": os.urandom(20_000 + i) for i in range(10)}
+    with Client(url) as c:
+        for p, data in files.items():
+            c.write_bytes(p, data)
+    for kind in ("reset", "corrupt"):
+        proxied_s3.set(Fault(kind, 0.3, {"GET"}))
+        with Client(url, cache_dir=str(tmp_path / kind), cache_size=1 << 30) as c, ThreadPoolExecutor(4) as pool:
+            assert c.read_many(list(files), pool) == list(files.values())
+        assert proxied_s3.faulted(kind) > 0
+    proxied_s3.set(Fault("corrupt", 1.0, {"GET"}))
+    with Client(url, cache_dir=str(tmp_path / "always"), cache_size=1 << 30) as c, ThreadPoolExecutor(4) as pool:
+        with pytest.raises(OSError) as e:
+            c.read_many(list(files)[:3], pool)
+        assert e.value.errno == errno.EIO
+    proxied_s3.clear()
+
+
 def test_read_many_opens_a_batch_together_with_close_to_open(volumes):
     """A DataLoader batch's files, opened in one metadata round trip: each revalidated (a
     change by another client is seen), errors in their place, nothing left open."""

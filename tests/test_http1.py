@@ -11,6 +11,8 @@ import pytest
 
 from cachefs.objects.http1 import HTTP1Pool, ProtocolError
 
+CUT = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"  # an answer that starts so is cut short
+
 
 class Scripted:
     """Answers each request on a connection with the next of `answers` (bytes, or None to close
@@ -51,16 +53,33 @@ class Scripted:
                     buf += conn.recv(65536)
                 self.requests.append(head + b"\r\n\r\n" + buf[:length])
                 buf = buf[length:]
-                answer = self.answers.pop(0)
+                answer = self.answer(head)
                 if answer is None:
                     return
                 conn.sendall(answer)
+                if answer.startswith(CUT):
+                    return
+
+    def answer(self, head: bytes) -> bytes | None:
+        return self.answers.pop(0)
 
     def pool(self) -> HTTP1Pool:
         return HTTP1Pool("http", "127.0.0.1", self.port, f"127.0.0.1:{self.port}", read_timeout=2)
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ByPath(Scripted):
+    """Answers a request with the next answer scripted for its path (bytes, None to close the
+    connection unanswered); serves until closed."""
+
+    def __init__(self, answers: dict[str, list[bytes | None]]) -> None:
+        self.by_path = {k: list(v) for k, v in answers.items()}
+        super().__init__([b"serving"])
+
+    def answer(self, head: bytes) -> bytes | None:
+        return self.by_path[head.split(b" ")[1].decode()].pop(0)
 
 
 @pytest.fixture
@@ -138,5 +157,59 @@ def test_a_silent_server_times_out():
         p = HTTP1Pool("http", "127.0.0.1", mute.getsockname()[1], "h", read_timeout=0.3)
         with pytest.raises(TimeoutError):
             p.request("GET", "/k", {})
+    finally:
+        mute.close()
+
+
+def test_request_many_answers_each_in_its_place_width_at_a_time():
+    paths = [f"/k{i}" for i in range(7)]
+    s = ByPath({p: [ok(p.encode() * 1000)] for p in paths[:5]}
+               | {"/k5": [ok(b"<Error/>").replace(b"200 OK", b"404 Not Found")], "/k6": [ok(b"")]})
+    try:
+        p = s.pool()
+        got = p.request_many("GET", [(path, {"X-N": path}) for path in paths], width=3)
+        assert [r.data for r in got[:5]] == [path.encode() * 1000 for path in paths[:5]]
+        assert (got[5].status, got[5].data, got[6].status, got[6].data) == (404, b"<Error/>", 200, b"")
+        assert sorted(r.split(b" ")[1] for r in s.requests) == sorted(path.encode() for path in paths)
+        assert all(b"X-N: /k" in r for r in s.requests)
+        assert s.connections == 3  # width connections, each kept for the next request
+        s.by_path["/k0"].append(ok(b"again"))
+        assert p.request("GET", "/k0", {}).data == b"again"  # and given back to the pool
+        assert s.connections == 3
+    finally:
+        s.close()
+
+
+def test_request_many_sends_once_more_what_an_idle_closed_connection_did_not_answer():
+    s = ByPath({"/a": [ok(b"1")], "/b": [None, ok(b"2")], "/c": [ok(b"3")]})
+    try:
+        p = s.pool()
+        assert p.request("GET", "/a", {}).data == b"1"  # the connection is idle in the pool now
+        got = p.request_many("GET", [("/b", {}), ("/c", {})], width=1)
+        assert [r.data for r in got] == [b"2", b"3"]
+        assert [r.split(b" ")[1] for r in s.requests] == [b"/a", b"/b", b"/b", b"/c"]
+    finally:
+        s.close()
+
+
+def test_request_many_puts_failures_in_place_and_sends_a_fresh_connection_s_request_once():
+    s = ByPath({"/ok": [ok(b"fine")], "/gone": [None, ok(b"never")],
+                "/cut": [CUT + b"short"]})
+    try:
+        got = s.pool().request_many("GET", [("/gone", {}), ("/ok", {}), ("/cut", {})], width=3)
+        assert isinstance(got[0], OSError) and isinstance(got[2], ProtocolError) and got[1].data == b"fine"
+        assert sorted(r.split(b" ")[1] for r in s.requests) == [b"/cut", b"/gone", b"/ok"]
+    finally:
+        s.close()
+
+
+def test_request_many_against_a_silent_server_times_out_every_request():
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    try:
+        p = HTTP1Pool("http", "127.0.0.1", mute.getsockname()[1], "h", read_timeout=0.3)
+        got = p.request_many("GET", [(f"/k{i}", {}) for i in range(4)], width=2)
+        assert all(isinstance(r, TimeoutError) for r in got)
     finally:
         mute.close()

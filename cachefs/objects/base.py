@@ -36,6 +36,7 @@ class ObjectStore(ABC):
     so an outage shorter than that costs its length, not the operation."""
 
     kind = "base"
+    batched_gets = False  # get_many overlaps its requests from one thread (else: one by one)
     max_attempts: int | None = None
     base_delay = 0.1
     max_delay = 5.0
@@ -91,6 +92,24 @@ class ObjectStore(ABC):
     def get(self, key: str) -> bytes:
         return self._retry("get", lambda: self._get(key))
 
+    def get_many(self, keys: list[str], width: int) -> list[bytes | None]:
+        """Whole objects fetched together by the calling thread, `width` in flight where the
+        backend can (batched_gets; a batch of small files): each one's bytes, or None where that
+        one failed (the caller asks again through get, which retries). Their latency is not
+        observed: the requests overlap."""
+        got = self._get_many(keys, width)
+        m, out = self.metrics, []
+        for r in got:
+            m.object_requests.labels("get").inc()
+            if isinstance(r, BaseException):
+                if not isinstance(r, ObjectNotFound):
+                    m.object_errors.labels("get").inc()
+                out.append(None)
+            else:
+                m.object_bytes.labels("get").inc(len(r))
+                out.append(r)
+        return out
+
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of an object (fewer when it is shorter)."""
         return self._retry("get_range", lambda: self._get_range(key, start, end))
@@ -112,6 +131,16 @@ class ObjectStore(ABC):
     @abstractmethod
     def _get(self, key: str) -> bytes:
         """The object's bytes; ObjectNotFound when it does not exist."""
+
+    def _get_many(self, keys: list[str], width: int) -> list[bytes | BaseException]:
+        """The objects' bytes or each one's failure (here: one after another)."""
+        out: list[bytes | BaseException] = []
+        for key in keys:
+            try:
+                out.append(self._get(key))
+            except Exception as e:
+                out.append(e)
+        return out
 
     def _get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of the object; backends that can ask for a range do."""

@@ -179,6 +179,14 @@ class S3Store(ObjectStore):
         except Exception as e:
             raise self._fail(e, key) from None
 
+    @property
+    def batched_gets(self) -> bool:  # type: ignore[override]
+        return self.http.direct
+
+    def _get_many(self, keys: list[str], width: int) -> list[bytes | BaseException]:
+        got = self.http.get_many(keys, width)
+        return [self._fail(r, k) if isinstance(r, Exception) else r for k, r in zip(keys, got, strict=True)]
+
     def _get_range(self, key: str, start: int, end: int) -> bytes:
         try:
             return self.http.get_range(key, start, end)

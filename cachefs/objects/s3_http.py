@@ -58,13 +58,16 @@ class SignedHTTP:
                                      max_idle=max_connections, connect_timeout=connect_timeout,
                                      read_timeout=read_timeout, ca_file=ca_file)
 
-    def _request(self, method: str, key: str, body: bytes | None = None,
-                 extra: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse | Response:
+    def _signed(self, method: str, key: str) -> tuple[str, dict[str, str]]:
         path = self._prefix + quote(key, safe="/~")
         creds = self._credentials()
         if creds is None:
             raise NoCredentials()
-        headers = self._signer.headers(method, self._host, path, creds)
+        return path, self._signer.headers(method, self._host, path, creds)
+
+    def _request(self, method: str, key: str, body: bytes | None = None,
+                 extra: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse | Response:
+        path, headers = self._signed(method, key)
         if extra:
             headers.update(extra)  # not signed: S3 signs only what the signature names
         try:
@@ -80,13 +83,35 @@ class SignedHTTP:
             raise HTTPFailure(r.status, r.data)
 
     def get(self, key: str) -> bytes:
-        r = self._request("GET", key)
-        if r.status != 200:
-            raise HTTPFailure(r.status, r.data)
-        length = r.headers.get("content-length")
-        if length is not None and int(length) != len(r.data):
-            raise Transient(f"GET {key}: {len(r.data)} of {length} bytes")
-        return r.data
+        return _body(key, self._request("GET", key))
+
+    @property
+    def direct(self) -> bool:
+        """Straight to the endpoint over our own connections (not through a proxy)."""
+        return self._direct is not None
+
+    def get_many(self, keys: list[str], width: int) -> list[bytes | BaseException]:
+        """Whole objects fetched by this thread, `width` at a time (HTTP1Pool.request_many): the
+        bytes or the failure of each (through a proxy: one after another)."""
+        if self._direct is None:
+            out: list[bytes | BaseException] = []
+            for key in keys:
+                try:
+                    out.append(self.get(key))
+                except Exception as e:
+                    out.append(e)
+            return out
+        answers = self._direct.request_many("GET", [self._signed("GET", k) for k in keys], width)
+        out = []
+        for key, r in zip(keys, answers, strict=True):
+            if isinstance(r, BaseException):
+                out.append(Transient(f"GET {key}: {r}") if isinstance(r, OSError) else r)
+                continue
+            try:
+                out.append(_body(key, r))
+            except Exception as e:
+                out.append(e)
+        return out
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         r = self._request("GET", key, extra={"Range": f"bytes={start}-{end - 1}"})
@@ -103,6 +128,16 @@ class SignedHTTP:
         r = self._request("DELETE", key)
         if r.status not in (200, 204):
             raise HTTPFailure(r.status, r.data)
+
+
+def _body(key: str, r: urllib3.BaseHTTPResponse | Response) -> bytes:
+    """A whole-object GET's body, or its failure."""
+    if r.status != 200:
+        raise HTTPFailure(r.status, r.data)
+    length = r.headers.get("content-length")
+    if length is not None and int(length) != len(r.data):
+        raise Transient(f"GET {key}: {len(r.data)} of {length} bytes")
+    return r.data
 
 
 def proxy_for(url: str) -> str | None:
