@@ -184,6 +184,8 @@ class S3Store(ObjectStore):
         return self.http.direct
 
     def _get_many(self, keys: list[str], width: int) -> list[bytes | BaseException]:
+        if not self.http.direct:
+            return super()._get_many(keys, width)
         got = self.http.get_many(keys, width)
         return [self._fail(r, k) if isinstance(r, Exception) else r for k, r in zip(keys, got, strict=True)]
 

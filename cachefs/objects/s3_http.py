@@ -92,17 +92,11 @@ class SignedHTTP:
 
     def get_many(self, keys: list[str], width: int) -> list[bytes | BaseException]:
         """Whole objects fetched by this thread, `width` at a time (HTTP1Pool.request_many): the
-        bytes or the failure of each (through a proxy: one after another)."""
+        bytes or the failure of each. Only straight to the endpoint (`direct`)."""
         if self._direct is None:
-            out: list[bytes | BaseException] = []
-            for key in keys:
-                try:
-                    out.append(self.get(key))
-                except Exception as e:
-                    out.append(e)
-            return out
+            raise ValueError("batched GETs go straight to the endpoint, not through a proxy")
         answers = self._direct.request_many("GET", [self._signed("GET", k) for k in keys], width)
-        out = []
+        out: list[bytes | BaseException] = []
         for key, r in zip(keys, answers, strict=True):
             if isinstance(r, BaseException):
                 out.append(Transient(f"GET {key}: {r}") if isinstance(r, OSError) else r)
@@ -119,10 +113,7 @@ class SignedHTTP:
             return r.data[start:end]
         if r.status != 206:
             raise HTTPFailure(r.status, r.data)
-        length = r.headers.get("content-length")
-        if length is not None and int(length) != len(r.data):
-            raise Transient(f"GET {key} (range): {len(r.data)} of {length} bytes")
-        return r.data
+        return _whole(f"{key} (range)", r)
 
     def delete(self, key: str) -> None:
         r = self._request("DELETE", key)
@@ -134,9 +125,14 @@ def _body(key: str, r: urllib3.BaseHTTPResponse | Response) -> bytes:
     """A whole-object GET's body, or its failure."""
     if r.status != 200:
         raise HTTPFailure(r.status, r.data)
+    return _whole(key, r)
+
+
+def _whole(what: str, r: urllib3.BaseHTTPResponse | Response) -> bytes:
+    """The answer's body, when all of it came (a cut one is worth another try)."""
     length = r.headers.get("content-length")
     if length is not None and int(length) != len(r.data):
-        raise Transient(f"GET {key}: {len(r.data)} of {length} bytes")
+        raise Transient(f"GET {what}: {len(r.data)} of {length} bytes")
     return r.data
 
 
