@@ -191,36 +191,48 @@ class ChunkStore:
         if data is not None:
             self.metrics.buffer_hits.inc()
             return data
-        with self._inflight_lock:
-            entry = self._inflight.get(key)
-            owner = entry is None
-            if owner:
-                entry = self._inflight[key] = (Future(), threading.Event())
-        fut, settled = entry
+        (fut, settled), owner = self._claim(key)
         if not owner:
             data = fut.result()
             if not keep:
                 settled.wait()  # a warmup returns once the block is in the disk cache
             return data
         try:
-            try:
-                data, fetched = self._load(slice_id, index, key, length, from_peer)
-                if keep:
-                    self.buffer.put(key, data)
-                    self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
-                fut.set_result(data)
-            except BaseException as e:
+            data, fetched = self._load(slice_id, index, key, length, from_peer)
+            return self._settle(key, data, fut, fetched, keep)
+        except BaseException as e:
+            if not fut.done():
                 fut.set_exception(e)
-                raise
-            # readers waiting for this block have it already; the cache write is this thread's
-            # own (and done before it returns, so a warmup that returns has filled the cache)
-            if fetched and self.cache is not None:
-                self.cache.put(key, data)
-            return data
+            raise
         finally:
-            with self._inflight_lock:
-                self._inflight.pop(key, None)
-            settled.set()
+            self._release(key, settled)
+
+    def _claim(self, key: str) -> tuple[tuple[Future, threading.Event], bool]:
+        """The block's in-flight entry (its fetch, its cache write done), and whether this caller
+        made it: the one that fetches; the others wait for its result."""
+        with self._inflight_lock:
+            entry = self._inflight.get(key)
+            if entry is not None:
+                return entry, False
+            entry = self._inflight[key] = (Future(), threading.Event())
+            return entry, True
+
+    def _release(self, key: str, settled: threading.Event) -> None:
+        with self._inflight_lock:
+            self._inflight.pop(key, None)
+        settled.set()
+
+    def _settle(self, key: str, data: Buffer, fut: Future, fetched: bool, keep: bool = True) -> Buffer:
+        """A claimed block, in memory (keep) and handed to its waiters; a fetched one then
+        written to the disk cache by this thread, before the claim ends (so a warmup that
+        returns has filled the cache)."""
+        if keep:
+            self.buffer.put(key, data)
+            self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
+        fut.set_result(data)
+        if fetched and self.cache is not None:
+            self.cache.put(key, data)
+        return data
 
     def get_blocks(self, blocks: list[tuple[int, int, int]], width: int) -> list[Buffer | BaseException | None] | None:
         """Whole blocks (slice id, slice size, index), a batch of small files' (Client.read_many),
@@ -242,11 +254,9 @@ class ChunkStore:
                 self.metrics.buffer_hits.inc()
                 out[j] = data
                 continue
-            with self._inflight_lock:
-                if key in self._inflight:
-                    continue
-                entry = self._inflight[key] = (Future(), threading.Event())
-            mine.append((j, slice_id, index, key, length, entry))
+            entry, owner = self._claim(key)
+            if owner:
+                mine.append((j, slice_id, index, key, length, entry))
         try:
             misses = []
             for one in mine:
@@ -263,15 +273,13 @@ class ChunkStore:
                     out[j] = self._settle(key, data, entry[0], False)
             raws = self.objects.get_many([one[3] for one in misses], width) if misses else []
             for (j, slice_id, _index, key, length, (fut, _)), raw in zip(misses, raws, strict=True):
-                try:
-                    if raw is None:
-                        raise _Refetch()
+                data = None
+                if raw is not None:
                     try:
                         data = decode_block(raw, length, key)
                     except ChecksumError:
                         self.metrics.checksum_errors.labels("object").inc()
-                        raise _Refetch() from None
-                except _Refetch:  # failed in the batch: once more alone, with the retries
+                if data is None:  # failed in the batch: once more alone, with the retries
                     try:
                         data = self._fetch(slice_id, key, length)
                     except BaseException as e:
@@ -283,20 +291,8 @@ class ChunkStore:
             for _j, _sid, _index, key, _length, (fut, settled) in mine:
                 if not fut.done():  # interrupted: its waiters read it themselves
                     fut.set_exception(ObjectUnavailable("the batched fetch was interrupted"))
-                with self._inflight_lock:
-                    self._inflight.pop(key, None)
-                settled.set()
+                self._release(key, settled)
         return out
-
-    def _settle(self, key: str, data: Buffer, fut: Future, fetched: bool) -> Buffer:
-        """A block get_blocks claimed, in memory and handed to its waiters; a fetched one
-        written to the disk cache (before the claim ends, as get_block does)."""
-        self.buffer.put(key, data)
-        self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
-        fut.set_result(data)
-        if fetched and self.cache is not None:
-            self.cache.put(key, data)
-        return data
 
     def _load(self, slice_id: int, index: int, key: str, length: int,
               from_peer: bool = False) -> tuple[Buffer, bool]:
@@ -611,10 +607,6 @@ class ChunkStore:
         """Wait for the uploads in flight (the durability behind them is the volume's to close)."""
         self._uploads.shutdown(wait=True)
         self._downloads.shutdown(wait=True, cancel_futures=True)
-
-
-class _Refetch(Exception):
-    """A block of a batched fetch that failed there, to be fetched again alone."""
 
 
 class SliceWriter:

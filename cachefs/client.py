@@ -45,8 +45,8 @@ from .errors import CachefsError, FSError, errno_of
 from .handles import Ctx
 from .options import Options
 
-# small files of a read_many batch in flight together; 8 matched 8 fetching threads per
-# DataLoader worker, the best of 2, 4 and 8 threads (cold, 8 workers: ~910 against 780-860/s)
+# small files of a read_many batch in flight together (cold DataLoader epochs, 6000 files of
+# 110 KB, items/s with 8 workers: width 4 1261-1548, 8 1488-1489, 16 1327-1388; 4 workers alike)
 BATCH_FETCHES = 8
 
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
