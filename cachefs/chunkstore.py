@@ -424,7 +424,7 @@ class ChunkStore:
             length = min(bs, slice_size - first * bs)
             key = self.key(slice_id, first, length)
             block = self.buffer.get(key)
-            if block is None and self.cache is not None and n <= bs // 8:
+            if block is None and self.cache is not None and self._small(n):
                 try:
                     data = self.cache.read_range(key, start, n)
                 except ChecksumError as e:
@@ -432,7 +432,7 @@ class ChunkStore:
                     data = None
                 if data is not None:
                     return data
-            if block is None and random and self.ranged_reads and n <= bs // 8:
+            if block is None and random and self.ranged_reads and self._small(n):
                 data = self._read_range(slice_id, slice_size, first, length, key, start, n)
                 if data is not None:
                     return data
@@ -449,6 +449,38 @@ class ChunkStore:
         views[-1] = views[-1][:end]
         views[0] = views[0][start:]
         return b"".join(views)
+
+    def preload(self, slice_id: int, slice_size: int, index: int) -> bool:
+        """A small block about to be read, brought into the memory buffer from the disk cache
+        (verified; never from the network): the FUSE shell's open of a small file does this on
+        its worker thread, so the read after the open is answered in the event loop instead of
+        crossing to a thread a second time. False when it is not cached on this disk, too large
+        (a partial reader of a large one would pay for all of it), or being fetched already."""
+        length = min(self.block_size, slice_size - index * self.block_size)
+        if self.cache is None or not self._small(length):
+            return False
+        key = self.key(slice_id, index, length)
+        if self.buffer.get(key) is not None:
+            return True
+        with self._inflight_lock:
+            if key in self._inflight:
+                return False
+        if not self.cache.contains(key):
+            return False  # not counted as a miss: the read after the open counts it
+        try:
+            data = self.cache.get(key)
+        except ChecksumError as e:
+            self._cache_damaged(key, e)
+            return False
+        if data is None:
+            return False
+        self.buffer.put(key, data)
+        self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
+        return True
+
+    def _small(self, n: int) -> bool:
+        """A read small enough to be served from its block's segments, not the whole block."""
+        return n <= self.block_size // 8
 
     def advise(self, slice_id: int, slice_size: int, off: int, n: int) -> bool:
         """Tell the disk cache bytes [off, off+n) of a slice will be read next (cache.advise);

@@ -181,10 +181,21 @@ class Operations(pyfuse3.Operations):
         return self._entry(inode, attr)
 
     async def open(self, inode, flags, ctx):
-        fh = await self._run("open", self.vfs.open, inode, flags, self._ctx(ctx))
+        fh = await self._run("open", self._open, inode, flags, self._ctx(ctx))
         if is_internal(inode):
             self._internal_fhs.add(fh)  # their bytes are not file data: kept out of the metrics
         return pyfuse3.FileInfo(fh=fh, direct_io=is_internal(inode), keep_cache=self.vfs.keep_cache(fh))
+
+    def _open(self, inode: int, flags: int, ctx: Ctx) -> int:
+        """An open, and a small file's bytes brought into memory in the same hop (VFS.preload):
+        the read that follows every such open is then answered in the event loop."""
+        fh = self.vfs.open(inode, flags, ctx)
+        try:
+            self.vfs.preload(fh)
+        except BaseException:
+            self.vfs.release(fh)  # the open fails: its handle must not stay counted
+            raise
+        return fh
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, ino, attr = await self._run("create", self.vfs.create, parent_inode, name, mode, flags,

@@ -126,6 +126,12 @@ class Reader:
                 out[j] = block if start == 0 and n == len(block) else memoryview(block)[start : start + n]
         return out
 
+    def preload(self, fs: FileState) -> bool:
+        """A small file whose bytes lie in one cached block, brought into memory
+        (ChunkStore.preload) by the thread that opened it."""
+        one = self._one_block(fs)
+        return one is not None and self.chunks.preload(one[0], one[1], one[2])
+
     def _one_block(self, fs: FileState) -> tuple[int, int, int, int, int] | None:
         """(slice id, slice size, block index, start in the block, length) of a file whose bytes
         all lie in one block of one slice, as its open resolved them."""

@@ -59,6 +59,26 @@ def test_remount_reads_from_cache_with_zero_gets(vol, mounts, tmp_path):
     assert s["cachefs_cache_hits_total"] == 3
 
 
+def test_small_file_read_after_a_cold_open_is_answered_in_memory(vol, mounts, tmp_path):
+    """The open of a small cached file brings its block into memory on its thread (the kernel's
+    page cache dropped, the mount fresh): the read that follows needs no second thread hop."""
+    cache = str(tmp_path / "c")
+    mp = mounts.mount(vol, "--cache-dir", cache)
+    data = [os.urandom(20_000 + i) for i in range(5)]
+    for i, d in enumerate(data):
+        open(os.path.join(mp, f"s{i}"), "wb").write(d)
+    wait_for(lambda: stats(mp)["cachefs_cache_blocks"] >= len(data))
+    mounts.umount(mp)
+    drop_page_cache()
+    mp = mounts.mount(vol, "--cache-dir", cache, path=mp)
+    for i, d in enumerate(data):
+        assert read_all(os.path.join(mp, f"s{i}")) == d
+    s = stats(mp)
+    assert s.get(GET, 0) == 0
+    assert s['cachefs_fuse_in_memory_total{op="read"}'] >= len(data)
+    assert s.get('cachefs_fuse_op_seconds_count{op="read"}', 0) == 0
+
+
 def test_flipped_byte_in_cache_is_refetched(vol, mounts, tmp_path):
     cache = str(tmp_path / "c")
     mp = mounts.mount(vol, "--cache-dir", cache)

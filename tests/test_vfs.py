@@ -313,3 +313,65 @@ def test_random_read_of_a_cold_block_is_a_ranged_get(tmp_path):
     assert v.metrics.value("cachefs_checksum_errors_total", source="object") >= 1
     v.vfs.release(fh)
     v.close()
+
+
+def test_an_opened_small_file_is_preloaded_so_its_read_needs_no_thread(tmp_path):
+    """VFS.preload (the FUSE open's second step): a small file's cached block comes into memory,
+    so read_in_memory (the event loop's answer) has its bytes; a large file, a file open for
+    writing and an uncached one are left to the read; a damaged entry is dropped, not served."""
+    from .conftest import wait_for
+
+    url = f"sqlite3://{tmp_path}/m.db"
+    meta = open_meta(url)
+    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4())))
+    meta.close_engine()
+    v = Volume(url, Options(cache_dir=str(tmp_path / "c")))
+    v.meta.new_session({})
+    small, large = os.urandom(100_000), os.urandom(1 << 20)
+    inos = {}
+    for name, data in ((b"small", small), (b"large", large)):
+        fh, inos[name], _ = v.vfs.create(ROOT_INODE, name, 0o644, os.O_RDWR)
+        v.vfs.write(fh, 0, data)
+        v.vfs.release(fh)
+    wait_for(lambda: v.metrics.value("cachefs_cache_blocks") >= 2)  # written small blocks are cached behind
+
+    def emptied() -> None:  # memory as a fresh mount has it: nothing buffered, no entry open
+        v.chunks.buffer = type(v.chunks.buffer)(v.chunks.buffer.capacity)
+
+    def opened(name: bytes, flags: int = os.O_RDONLY) -> int:
+        return v.vfs.open(inos[name], flags)
+
+    emptied()
+    fh = opened(b"small")
+    assert v.vfs.read_in_memory(fh, 0, 128 << 10) is None
+    assert v.vfs.preload(fh)
+    assert bytes(v.vfs.read_in_memory(fh, 0, 128 << 10)) == small
+    v.vfs.release(fh)
+    fh = opened(b"large")
+    assert not v.vfs.preload(fh)  # beyond a small read: a partial reader would pay for all of it
+    v.vfs.release(fh)
+    emptied()
+    fh = opened(b"small", os.O_RDWR)
+    assert not v.vfs.preload(fh)
+    v.vfs.release(fh)
+    # a flipped byte in the entry: dropped and counted, and the read fetches good bytes
+    h = v.vfs.open(inos[b"small"], os.O_RDONLY)
+    g = v.vfs.files.handles[h].state.segments[0][0]
+    path = v.chunks.cache.entry_path(v.chunks.key(g.id, 0, len(small)))
+    raw = bytearray(open(path, "rb").read())
+    raw[-10] ^= 1
+    open(path, "wb").write(raw)
+    assert not v.vfs.preload(h)
+    assert v.metrics.value("cachefs_checksum_errors_total", source="cache") == 1
+    assert not v.chunks.cache.contains(v.chunks.key(g.id, 0, len(small)))
+    assert v.vfs.read_in_memory(h, 0, 128 << 10) is None
+    assert bytes(v.vfs.read(h, 0, 128 << 10)) == small
+    v.vfs.release(h)
+    # not cached on this disk (dropped above, and the read's fetch is cached behind): no preload
+    emptied()
+    v.chunks.cache.drop(v.chunks.key(g.id, 0, len(small)))
+    h = opened(b"small")
+    assert not v.vfs.preload(h)
+    assert bytes(v.vfs.read(h, 0, 128 << 10)) == small
+    v.vfs.release(h)
+    v.close()
