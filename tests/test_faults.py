@@ -70,14 +70,18 @@ def test_object_store_faults_are_ridden_through(kind, volumes, mounts, proxied_s
     b = mounts.mount(url, *FAST)  # another node: every block comes from the store, through the faults
     check_files(w.done, a, b)
     mounts.umount(a)
+    before = proxied_s3.faulted(kind)
     c = mounts.mount(url, *FAST, "--cache-dir", str(tmp_path / "fresh-cache"))
     check_files(w.done, a, c)
+    seen_by_c = proxied_s3.faulted(kind) - before
     assert proxied_s3.faulted(kind) > 0
     fsck_clean(url)  # its listing goes through the faults too
     if kind == "corrupt":
-        metric = float(next(line.split()[-1] for line in open(os.path.join(c, ".stats"))
-                            if line.startswith('cachefs_checksum_errors_total{source="object"}')))
-        assert metric > 0  # caught and fetched again, never served
+        metric = float(next((line.split()[-1] for line in open(os.path.join(c, ".stats"))
+                             if line.startswith('cachefs_checksum_errors_total{source="object"}')), 0))
+        # each damaged body c was sent is caught and fetched again, never served (c makes ~18
+        # GETs: at a 25 % fault rate about one run in 200 sees none, and then nothing is counted)
+        assert 0 < metric <= seen_by_c or metric == seen_by_c == 0
 
 
 def test_object_store_stall_during_write_through_costs_its_length(volumes, mounts, proxied_s3):
