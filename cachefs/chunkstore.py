@@ -129,6 +129,10 @@ class ChunkStore:
             self.metrics.uploads_queued.inc(delta_blocks)
             self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
 
+    def _length(self, slice_size: int, index: int) -> int:
+        """Bytes in block `index` of a slice (its last block may be short)."""
+        return min(self.block_size, slice_size - index * self.block_size)
+
     def key(self, slice_id: int, index: int, length: int) -> str:
         return block_key(self.volume, slice_id, index, length)
 
@@ -185,7 +189,7 @@ class ChunkStore:
         """One block's plain bytes; concurrent callers of the same block share one fetch.
         keep=False (warmup) fills the disk cache without taking memory buffer space; from_peer:
         a group member asks (never passed on to another member)."""
-        length = min(self.block_size, slice_size - index * self.block_size)
+        length = self._length(slice_size, index)
         key = self.key(slice_id, index, length)
         data = self.buffer.get(key)
         if data is not None:
@@ -217,6 +221,11 @@ class ChunkStore:
             entry = self._inflight[key] = (Future(), threading.Event())
             return entry, True
 
+    def _fetching(self, key: str) -> bool:
+        """Whether a fetch of the block is in flight (another reader claimed it)."""
+        with self._inflight_lock:
+            return key in self._inflight
+
     def _release(self, key: str, settled: threading.Event) -> None:
         with self._inflight_lock:
             self._inflight.pop(key, None)
@@ -227,8 +236,7 @@ class ChunkStore:
         written to the disk cache by this thread, before the claim ends (so a warmup that
         returns has filled the cache)."""
         if keep:
-            self.buffer.put(key, data)
-            self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
+            self._keep(key, data)
         fut.set_result(data)
         if fetched and self.cache is not None:
             self.cache.put(key, data)
@@ -243,11 +251,10 @@ class ChunkStore:
         asked one by one, as get_block does)."""
         if self.peers is not None or not self.objects.batched_gets:
             return None
-        bs = self.block_size
         out: list[Buffer | BaseException | None] = [None] * len(blocks)
         mine = []  # (position, slice id, index, key, length, its in-flight entry)
         for j, (slice_id, slice_size, index) in enumerate(blocks):
-            length = min(bs, slice_size - index * bs)
+            length = self._length(slice_size, index)
             key = self.key(slice_id, index, length)
             data = self.buffer.get(key)
             if data is not None:
@@ -316,11 +323,7 @@ class ChunkStore:
                     self.metrics.checksum_errors.labels("staging").inc()
                     raise
         if self.cache is not None:
-            try:
-                data = self.cache.get(key)
-            except ChecksumError as e:
-                self._cache_damaged(key, e)
-                data = None
+            data = self._cached(key)
             if data is not None:
                 return data
         if self.peers is not None:
@@ -406,6 +409,15 @@ class ChunkStore:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(1.0, delay * 2)
 
+    def _cached(self, key: str) -> Buffer | None:
+        """A whole block from the disk cache, verified; None on a miss or a damaged entry
+        (dropped: the caller fetches it again)."""
+        try:
+            return self.cache.get(key)
+        except ChecksumError as e:
+            self._cache_damaged(key, e)
+            return None
+
     def _cache_damaged(self, key: str, e: ChecksumError) -> None:
         self.metrics.checksum_errors.labels("cache").inc()
         self.cache.drop(key)
@@ -421,7 +433,7 @@ class ChunkStore:
         first, last = off // bs, (off + n - 1) // bs
         start = off - first * bs
         if first == last:
-            length = min(bs, slice_size - first * bs)
+            length = self._length(slice_size, first)
             key = self.key(slice_id, first, length)
             block = self.buffer.get(key)
             if block is None and self.cache is not None and self._small(n):
@@ -456,27 +468,25 @@ class ChunkStore:
         its worker thread, so the read after the open is answered in the event loop instead of
         crossing to a thread a second time. False when it is not cached on this disk, too large
         (a partial reader of a large one would pay for all of it), or being fetched already."""
-        length = min(self.block_size, slice_size - index * self.block_size)
+        length = self._length(slice_size, index)
         if self.cache is None or not self._small(length):
             return False
         key = self.key(slice_id, index, length)
         if self.buffer.get(key) is not None:
             return True
-        with self._inflight_lock:
-            if key in self._inflight:
-                return False
+        if self._fetching(key):
+            return False
         if not self.cache.contains(key):
             return False  # not counted as a miss: the read after the open counts it
-        try:
-            data = self.cache.get(key)
-        except ChecksumError as e:
-            self._cache_damaged(key, e)
-            return False
+        data = self._cached(key)
         if data is None:
             return False
+        self._keep(key, data)
+        return True
+
+    def _keep(self, key: str, data: Buffer) -> None:
         self.buffer.put(key, data)
         self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)
-        return True
 
     def _small(self, n: int) -> bool:
         """A read small enough to be served from its block's segments, not the whole block."""
@@ -490,7 +500,7 @@ class ChunkStore:
         bs = self.block_size
         ok = True
         for i in range(off // bs, (off + n - 1) // bs + 1):
-            length = min(bs, slice_size - i * bs)
+            length = self._length(slice_size, i)
             key = self.key(slice_id, i, length)
             if self.buffer.get(key) is not None:
                 continue
@@ -505,7 +515,7 @@ class ChunkStore:
         first = off // bs
         if (off + n - 1) // bs != first:
             return None
-        length = min(bs, slice_size - first * bs)
+        length = self._length(slice_size, first)
         key = self.key(slice_id, first, length)
         start = off - first * bs
         block = self.buffer.get(key)
@@ -527,9 +537,8 @@ class ChunkStore:
         being fetched already, pending on another node, or not CFB2)."""
         if self.staging is not None and self.staging.has(slice_id, index, length):
             return None
-        with self._inflight_lock:
-            if key in self._inflight:
-                return None
+        if self._fetching(key):
+            return None
         head = table_size(length)
         s0, s1 = start // SEGMENT, (start + n - 1) // SEGMENT
         lo, hi = head + s0 * SEGMENT, head + min(length, (s1 + 1) * SEGMENT)
@@ -565,13 +574,12 @@ class ChunkStore:
         """Start fetching a block that a sequential reader will want soon."""
         if index * self.block_size >= slice_size:
             return
-        length = min(self.block_size, slice_size - index * self.block_size)
+        length = self._length(slice_size, index)
         key = self.key(slice_id, index, length)
         if self.buffer.get(key) is not None:
             return
-        with self._inflight_lock:
-            if key in self._inflight:
-                return
+        if self._fetching(key):
+            return
 
         def run() -> None:
             try:
