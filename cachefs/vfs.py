@@ -70,6 +70,13 @@ class VFS:
             raise FSError(errno.EBADF)
         return h
 
+    def _file_handle(self, fh: int) -> Handle | None:
+        """fh's handle if it is an open regular file, not an internal one; None otherwise: the
+        answers given beside the usual read path (from memory, batched, advised) serve only
+        those, and leave the rest to it."""
+        h = self.files.handles.get(fh)
+        return h if h is not None and h.state is not None and h.special is None else None
+
     def _with_length(self, ino: int, attr: Attr) -> Attr:
         """The attributes with the length this client's uncommitted writes give the file."""
         fs = self.files.get(ino)
@@ -342,8 +349,8 @@ class VFS:
     def advise(self, fh: int, offset: int, size: int) -> bool:
         """Bytes [offset, offset+size) of an open file will be read next (Reader.advise): True
         when they are all cached here."""
-        h = self.files.handles.get(fh)
-        if h is None or h.state is None or h.special is not None:
+        h = self._file_handle(fh)
+        if h is None:
             return False
         return self.reader.advise(h.state, offset, size)
 
@@ -352,8 +359,8 @@ class VFS:
         one's bytes or failure, or None for one to read() the usual way."""
         states, where = [], []
         for j, fh in enumerate(fhs):
-            h = self.files.handles.get(fh)
-            if h is not None and h.state is not None and h.special is None:
+            h = self._file_handle(fh)
+            if h is not None:
                 states.append(h.state)
                 where.append(j)
         out: list[Buffer | BaseException | None] = [None] * len(fhs)
@@ -366,15 +373,15 @@ class VFS:
         (Reader.preload): the FUSE shell does this in the open's thread hop, so the read that
         follows is answered from memory in the event loop (read_in_memory), one hop per small
         file fewer. True when its bytes are in memory now."""
-        h = self.files.handles.get(fh)
-        if h is None or h.state is None or h.special is not None or h.flags & os.O_ACCMODE != os.O_RDONLY:
+        h = self._file_handle(fh)
+        if h is None or h.flags & os.O_ACCMODE != os.O_RDONLY:
             return False
         return self.reader.preload(h.state)
 
     def read_in_memory(self, fh: int, offset: int, size: int) -> Buffer | None:
         """read() answered from memory without blocking (FUSE shell, event loop), or None."""
-        h = self.files.handles.get(fh)
-        if h is None or h.state is None or h.special is not None:
+        h = self._file_handle(fh)
+        if h is None:
             return None
         return self.reader.read_resident(h, h.state, offset, size)
 
@@ -442,8 +449,8 @@ class VFS:
     def release_in_memory(self, fh: int) -> bool:
         """Release fh if that needs nothing but memory (nothing buffered, no failed upload to
         report, no unlinked inode to reclaim): the FUSE shell answers it in the event loop."""
-        h = self.files.handles.get(fh)
-        if h is None or h.special is not None or h.state is None:
+        h = self._file_handle(fh)
+        if h is None:
             return False
         fs = h.state
         if fs.buffered or self.durability.error_of(fs.ino) is not None or self.meta.keeps_alive(fs.ino):
