@@ -338,20 +338,17 @@ def test_an_opened_small_file_is_preloaded_so_its_read_needs_no_thread(tmp_path)
     def emptied() -> None:  # memory as a fresh mount has it: nothing buffered, no entry open
         v.chunks.buffer = type(v.chunks.buffer)(v.chunks.buffer.capacity)
 
-    def opened(name: bytes, flags: int = os.O_RDONLY) -> int:
-        return v.vfs.open(inos[name], flags)
-
     emptied()
-    fh = opened(b"small")
+    fh = v.vfs.open(inos[b"small"], os.O_RDONLY)
     assert v.vfs.read_in_memory(fh, 0, 128 << 10) is None
     assert v.vfs.preload(fh)
     assert bytes(v.vfs.read_in_memory(fh, 0, 128 << 10)) == small
     v.vfs.release(fh)
-    fh = opened(b"large")
+    fh = v.vfs.open(inos[b"large"], os.O_RDONLY)
     assert not v.vfs.preload(fh)  # beyond a small read: a partial reader would pay for all of it
     v.vfs.release(fh)
     emptied()
-    fh = opened(b"small", os.O_RDWR)
+    fh = v.vfs.open(inos[b"small"], os.O_RDWR)
     assert not v.vfs.preload(fh)
     v.vfs.release(fh)
     # a flipped byte in the entry: dropped and counted, and the read fetches good bytes
@@ -370,7 +367,7 @@ def test_an_opened_small_file_is_preloaded_so_its_read_needs_no_thread(tmp_path)
     # not cached on this disk (dropped above, and the read's fetch is cached behind): no preload
     emptied()
     v.chunks.cache.drop(v.chunks.key(g.id, 0, len(small)))
-    h = opened(b"small")
+    h = v.vfs.open(inos[b"small"], os.O_RDONLY)
     assert not v.vfs.preload(h)
     assert bytes(v.vfs.read(h, 0, 128 << 10)) == small
     v.vfs.release(h)
