@@ -5,17 +5,28 @@ Each lives no longer than the kernel may keep its own copy (the attr and entry t
 mount gives it), so an answer from here is never older than one the kernel could give from its
 caches; what this client changes itself is updated or dropped at once (the engine reports each
 committed transaction's changes: meta.Changes). Bounded: past `limit` entries it starts afresh.
-Thread-safe by the GIL: every operation is a dict lookup or assignment.
+Thread-safe by the GIL: every operation is a dict lookup or assignment (counting a
+directory's misses and a change's sequence number take a lock).
+
+A directory looked up name by name (SCAN_MISSES misses within the entry timeout: a stat of every
+file of a list, a reader going through a directory in order) is fetched whole, entries and
+attributes in a few round trips, so the rest of its lookups are answered here; lookups spread
+over many directories (random reads across a large dataset) never reach the threshold and cost
+no listing. A listing is installed only for what no change of this client touched while it was
+read (a listing read before an unlink must not bring the name back).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from cachefs.meta import Changes
 from cachefs.meta.types import TYPE_DIR, Attr
 
 LIMIT = 200_000
+SCAN_MISSES = 16  # lookup misses in one directory within the entry timeout that make it fetched whole
+SCAN_LIMIT = 10_000  # entries above which a directory is not fetched whole for its lookups
 
 
 class MetaCache:
@@ -26,6 +37,11 @@ class MetaCache:
         self.limit = limit
         self._attrs: dict[int, tuple[float, Attr]] = {}
         self._entries: dict[tuple[int, bytes], tuple[float, int]] = {}
+        self._misses: dict[int, tuple[float, int]] = {}  # directory -> (window end, misses in it)
+        self._lock = threading.Lock()
+        self.seq = 0  # changes applied so far
+        self._touched: dict[int, int] = {}  # inode or directory -> seq of the last change to it
+        self._floor = 0  # seq at which _touched last started afresh (older changes unknown)
 
     @property
     def enabled(self) -> bool:
@@ -60,11 +76,57 @@ class MetaCache:
         if attr is not None:
             self.put_attr(ino, attr)
 
+    def missed(self, parent: int) -> bool:
+        """Count a lookup in parent that had to ask the engine; True (once per entry timeout)
+        when parent is being looked up name by name and should be fetched whole."""
+        if self.entry_ttl <= 0 or self.attr_ttl <= 0:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            end, n = self._misses.get(parent, (0.0, 0))
+            if end < now:
+                end, n = now + self.entry_ttl, 0
+            n += 1
+            if len(self._misses) >= self.limit:
+                self._misses.clear()
+            # past the threshold the count keeps growing: one fetch per window, the first time
+            self._misses[parent] = (end, n)
+            return n == SCAN_MISSES
+
+    def put_listing(self, parent: int, listing: list[tuple[bytes, int, Attr]], since: float, seq: int) -> None:
+        """A directory's entries read by a fetch that began at `since` (monotonic), when `seq`
+        changes had been applied; what a later change of ours touched is left out."""
+        if self._floor > seq or self._touched.get(parent, 0) > seq:
+            return
+        for name, ino, attr in listing:
+            if self._touched.get(ino, 0) > seq:
+                continue
+            ttl = self.dir_entry_ttl if attr.type == TYPE_DIR else self.entry_ttl
+            if ttl > 0 and since + ttl > time.monotonic():
+                if len(self._entries) >= self.limit:
+                    self._entries.clear()
+                self._entries[(parent, name)] = (since + ttl, ino)
+            if len(self._attrs) >= self.limit:
+                self._attrs.clear()
+            self._attrs[ino] = (since + self.attr_ttl, attr)
+
+    def _touch(self, key: int) -> None:
+        if len(self._touched) >= self.limit:
+            self._touched.clear()
+            self._floor = self.seq
+        self._touched[key] = self.seq
+
     def drop_attr(self, ino: int) -> None:
         self._attrs.pop(ino, None)
 
     def apply(self, changes: Changes) -> None:
         """What a transaction of this client committed."""
+        with self._lock:  # one seq per change, even when two threads commit at once
+            self.seq += 1
+            for ino in (*changes.gone, *changes.attrs):
+                self._touch(ino)
+            for parent, _ in (*changes.removed, *changes.entries):
+                self._touch(parent)
         for ino in changes.gone:
             self._attrs.pop(ino, None)
         for key in changes.removed:

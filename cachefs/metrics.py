@@ -69,6 +69,8 @@ class Metrics:
         self.meta_transactions = Counter("cachefs_meta_transactions", "Metadata transactions by how they "
                                          "committed: one round trip on known values, or watched reads",
                                          ["path"], registry=r)
+        self.listings = Counter("cachefs_meta_listings", "Directories fetched whole for the lookups of a "
+                                "name-by-name scan of them", registry=r)
         self.meta_outage_seconds = Counter("cachefs_meta_outage_seconds", "Seconds the metadata engine did not "
                                            "answer (outages ridden through)", registry=r)
         self.range_reads = Counter("cachefs_ranged_reads", "Small random reads of cold blocks answered by "

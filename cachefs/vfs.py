@@ -21,7 +21,7 @@ from .block import Buffer
 from .durability import Durability
 from .errors import CachefsError, FSError
 from .handles import ROOT_CTX, Ctx, FileState, Handle, OpenFiles
-from .metacache import MetaCache
+from .metacache import SCAN_LIMIT, MetaCache
 from .metrics import Metrics
 from .reader import Reader
 from .slices import resolve
@@ -90,9 +90,24 @@ class VFS:
         if internal.reserved(parent, name):
             ino = internal.NAMES[name]
             return ino, internal.attr(ino)
+        if self.cache.missed(parent) and self._fetch_listing(parent):
+            hit = self.cached_lookup(parent, name)
+            if hit is not None:
+                return hit
         ino, attr = self.meta.lookup(parent, name)
         self.cache.put_entry(parent, name, ino, attr)
         return ino, self._with_length(ino, attr)
+
+    def _fetch_listing(self, parent: int) -> bool:
+        """The directory's entries into the metadata cache (a name-by-name scan of it: metacache.py);
+        False when it is too large for that."""
+        seq, since = self.cache.seq, time.monotonic()
+        listing = self.meta.listing(parent, SCAN_LIMIT)
+        if listing is None:
+            return False
+        self.cache.put_listing(parent, listing, since, seq)
+        self.metrics.listings.inc()
+        return True
 
     def lookup_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr] | CachefsError]:
         """lookup of each (parent, name), in one metadata round trip where the engine allows

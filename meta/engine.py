@@ -145,6 +145,9 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
     def _list_entries(self, ino: int) -> list[tuple[bytes, int, int]]: ...
 
     @abstractmethod
+    def _count_entries(self, ino: int) -> int: ...
+
+    @abstractmethod
     def _get_attrs(self, inos: list[int]) -> list[Attr | None]: ...
 
     @abstractmethod
@@ -338,7 +341,17 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
         attr = self.getattr(ino)
         if attr.type != TYPE_DIR:
             raise FSError(errno.ENOTDIR)
-        entries = self._list_entries(ino)
+        return self._with_attrs(self._list_entries(ino))
+
+    def listing(self, ino: int, limit: int) -> list[tuple[bytes, int, Attr]] | None:
+        """readdir's entries of a directory for a client's lookups (metacache.py); None when it
+        holds more than `limit` (or is not a directory): too many to fetch for lookups alone."""
+        if self._count_entries(ino) > limit:
+            return None
+        return self._with_attrs(self._list_entries(ino))
+
+    def _with_attrs(self, entries: list[tuple[bytes, int, int]]) -> list[tuple[bytes, int, Attr]]:
+        """(name, inode, attr) of the entries whose inode still exists, attrs fetched in batches."""
         out = []
         batch = 500
         for i in range(0, len(entries), batch):

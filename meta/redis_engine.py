@@ -422,6 +422,9 @@ class RedisMeta(BaseMeta):
         data = self._call(lambda: self.r.hgetall(self.k.dir(ino)))
         return [(name, *ENTRY.unpack(v)) for name, v in data.items()]
 
+    def _count_entries(self, ino: int) -> int:
+        return self._call(lambda: self.r.hlen(self.k.dir(ino)))
+
     def _get_attrs(self, inos: list[int]) -> list[Attr | None]:
         if not inos:
             return []

@@ -253,6 +253,9 @@ class SqliteMeta(BaseMeta):
         rows = self._db().execute("SELECT name, ino, type FROM edge WHERE parent=?", (ino,)).fetchall()
         return [(bytes(r[0]), r[1], r[2]) for r in rows]
 
+    def _count_entries(self, ino: int) -> int:
+        return self._db().execute("SELECT COUNT(*) FROM edge WHERE parent=?", (ino,)).fetchone()[0]
+
     def _get_attrs(self, inos: list[int]) -> list[Attr | None]:
         if not inos:
             return []

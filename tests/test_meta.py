@@ -334,6 +334,16 @@ def test_readdir_snapshot_large(meta):
     assert all(a.type == TYPE_FILE for _, _, a in entries)
 
 
+def test_listing_gives_readdir_entries_up_to_a_limit(meta):
+    d = mkdir(meta, ROOT_INODE, b"d")
+    inos = {b"f%d" % i: mkfile(meta, d, b"f%d" % i) for i in range(30)}
+    got = meta.listing(d, 30)
+    assert {n: i for n, i, _ in got} == inos
+    assert all(a.type == TYPE_FILE and a.mode & 0o777 == 0o644 for _, _, a in got)
+    assert meta.listing(d, 29) is None  # too many to fetch for lookups
+    assert meta.listing(mkdir(meta, ROOT_INODE, b"empty"), 0) == []
+
+
 def test_concurrent_creates_lose_nothing(meta, meta_url):
     d = mkdir(meta, ROOT_INODE, b"d")
     clients = [open_meta(meta_url) for _ in range(4)]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
 from cachefs.block import SEGMENT, block_key, block_lengths, decode_block, encode_block, stored_sizes, verify_segments
 from cachefs.errors import ChecksumError, ConfigError
-from cachefs.meta import open_meta, redact_url
-from cachefs.meta.types import Attr, Slice
+from cachefs.meta import Changes, open_meta, redact_url
+from cachefs.meta.types import TYPE_FILE, Attr, Slice
+from cachefs.metacache import SCAN_MISSES, MetaCache
 from cachefs.mount.helper import translate
 from cachefs.objects.s3 import parse_bucket
 from cachefs.options import parse_size
@@ -161,3 +163,37 @@ def test_write_atomic_writes_every_part_through_short_writes(tmp_path, monkeypat
     fileutil.write_atomic(str(tmp_path / "d" / "f"), *parts)
     assert (tmp_path / "d" / "f").read_bytes() == b"head23456789abcdeftail"
     assert os.listdir(tmp_path / "d") == ["f"]  # no temporary left
+
+
+def test_a_listing_read_before_a_change_of_ours_does_not_undo_it():
+    """A listing fetched while this client unlinked, created or changed a name is installed
+    without what the change touched (it was read before the change and would bring it back)."""
+    c = MetaCache(5, 5, 5)
+    f = Attr(type=TYPE_FILE, mode=0o644)
+    seq, since = c.seq, time.monotonic()
+    listing = [(b"a", 10, f), (b"b", 11, f), (b"c", 12, f)]
+    c.apply(Changes(removed={(2, b"x")}, gone={11}))  # another directory's entry; inode 11
+    c.put_listing(1, listing, since, seq)  # directory 1 untouched: 11 left out, the rest kept
+    assert c.entry(1, b"a") == 10 and c.attr(10) is not None
+    assert c.entry(1, b"b") is None and c.attr(11) is None
+    c2 = MetaCache(5, 5, 5)
+    seq = c2.seq
+    c2.apply(Changes(removed={(1, b"c")}))  # a name of the directory itself: nothing installed
+    c2.put_listing(1, listing, since, seq)
+    assert c2.entry(1, b"a") is None
+    c2.put_listing(1, listing, since, c2.seq)  # read after it: installed
+    assert c2.entry(1, b"a") == 10
+    # entries expire as their listing was read, not when it was installed
+    c3 = MetaCache(5, 0.05, 5)
+    c3.put_listing(1, listing, time.monotonic() - 0.1, c3.seq)
+    assert c3.entry(1, b"a") is None
+
+
+def test_a_scan_is_detected_once_per_window_and_per_directory():
+    c = MetaCache(1, 0.2, 1)
+    assert [c.missed(1) for _ in range(SCAN_MISSES)] == [False] * (SCAN_MISSES - 1) + [True]
+    assert not any(c.missed(1) for _ in range(3 * SCAN_MISSES))  # once per window
+    assert not c.missed(2)  # other directories count on their own
+    time.sleep(0.25)
+    assert [c.missed(1) for _ in range(SCAN_MISSES)][-1]
+    assert not any(MetaCache(0, 0, 0).missed(3) for _ in range(2 * SCAN_MISSES))  # caching off

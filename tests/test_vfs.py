@@ -5,15 +5,18 @@ from __future__ import annotations
 import errno
 import os
 import random
+import time
 import uuid
 
 import pytest
 
+from cachefs import vfs as vfs_module
 from cachefs.background import Background
 from cachefs.compact import COMPACT_THRESHOLD
 from cachefs.errors import CachefsError, FSError, errno_of
 from cachefs.meta import open_meta
 from cachefs.meta.types import CHUNK_SIZE, ROOT_INODE, Settings
+from cachefs.metacache import SCAN_MISSES
 from cachefs.options import Options
 from cachefs.volume import Volume
 
@@ -372,3 +375,75 @@ def test_an_opened_small_file_is_preloaded_so_its_read_needs_no_thread(tmp_path)
     assert bytes(v.vfs.read(h, 0, 128 << 10)) == small
     v.vfs.release(h)
     v.close()
+
+
+def test_a_directory_looked_up_name_by_name_is_fetched_whole(tmp_path):
+    """After SCAN_MISSES lookups that had to ask the engine, a directory's entries come in one
+    listing and the rest of its names are answered from memory; the listing lives no longer
+    than the entry timeout, and this client's own changes show at once."""
+    url = f"sqlite3://{tmp_path}/m.db"
+    meta = open_meta(url)
+    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4())))
+    meta.close_engine()
+    opts = Options(cache_dir="", attr_cache=0.5, entry_cache=0.5, dir_entry_cache=0.5)
+    writer, reader = Volume(url, opts), Volume(url, opts)
+    try:
+        for v in (writer, reader):
+            v.meta.new_session({})
+        d = writer.vfs.mkdir(ROOT_INODE, b"d", 0o755)[0]
+        names = [b"f%02d" % i for i in range(40)]
+        for n in names:
+            writer.vfs.release(writer.vfs.create(d, n, 0o644, os.O_WRONLY)[0])
+        asked = []
+        engine_lookup = reader.meta.lookup
+        reader.meta.lookup = lambda p, n: asked.append(n) or engine_lookup(p, n)
+
+        def lookup(name):
+            return reader.vfs.cached_lookup(d, name) or reader.vfs.lookup(d, name)
+
+        inos = [lookup(n)[0] for n in names]
+        assert inos == [writer.vfs.lookup(d, n)[0] for n in names]
+        assert asked == names[: SCAN_MISSES - 1]
+        assert reader.metrics.listings._value.get() == 1
+        # a name the listing did not have is asked for, not answered ENOENT from memory
+        writer.vfs.release(writer.vfs.create(d, b"new", 0o644, os.O_WRONLY)[0])
+        assert lookup(b"new")[0] == writer.vfs.lookup(d, b"new")[0]
+        # another client's removal is seen once the entry timeout has passed
+        writer.vfs.unlink(d, b"f39")
+        assert reader.vfs.cached_lookup(d, b"f39") is not None
+        time.sleep(0.6)
+        assert reader.vfs.cached_lookup(d, b"f39") is None
+        with pytest.raises(FSError) as e:
+            reader.vfs.lookup(d, b"f39")
+        assert e.value.errno == errno.ENOENT
+        # this client's own changes at once
+        for n in names[:SCAN_MISSES]:
+            lookup(n)  # fetched whole again: a new window
+        assert reader.metrics.listings._value.get() == 2
+        reader.vfs.unlink(d, b"f30")
+        assert reader.vfs.cached_lookup(d, b"f30") is None
+        reader.vfs.setattr(inos[31], mode=0o600)
+        assert reader.vfs.cached_lookup(d, b"f31")[1].mode & 0o777 == 0o600
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_a_directory_too_large_is_looked_up_name_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(vfs_module, "SCAN_LIMIT", 20)
+    url = f"sqlite3://{tmp_path}/m.db"
+    meta = open_meta(url)
+    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4())))
+    meta.close_engine()
+    v = Volume(url, Options(cache_dir=""))
+    try:
+        v.meta.new_session({})
+        for i in range(30):
+            v.vfs.release(v.vfs.create(ROOT_INODE, b"f%d" % i, 0o644, os.O_WRONLY)[0])
+        v.metacache._entries.clear()
+        v.metacache._attrs.clear()
+        for i in range(30):
+            v.vfs.lookup(ROOT_INODE, b"f%d" % i)
+        assert v.metrics.listings._value.get() == 0
+    finally:
+        v.close()
