@@ -20,7 +20,7 @@ from cachefs.meta.types import TYPE_DIR, Attr
 
 from .errors import errno_of
 from .internal import is_internal
-from .kernelcache import DirectoryPlaces
+from .kernelcache import DirectoryPlaces, KernelAttrs
 from .metrics import Metrics
 from .threadhop import ThreadHop
 from .vfs import VFS, Ctx
@@ -49,6 +49,7 @@ class Operations(pyfuse3.Operations):
         self._internal_fhs: set[int] = set()
         self._on_init = on_init
         self.dirs = DirectoryPlaces()
+        self.attrs = KernelAttrs()
 
     async def _run(self, op: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._on_init is not None:
@@ -84,6 +85,7 @@ class Operations(pyfuse3.Operations):
         e.st_atime_ns = attr.atime
         e.st_mtime_ns = attr.mtime
         e.st_ctime_ns = attr.ctime
+        self.attrs.told(ino, attr.mtime, attr.length)
         return e
 
     @staticmethod
@@ -187,10 +189,14 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=is_internal(inode), keep_cache=self.vfs.keep_cache(fh))
 
     def _open(self, inode: int, flags: int, ctx: Ctx) -> int:
-        """An open, and a small file's bytes brought into memory in the same hop (VFS.preload):
-        the read that follows every such open is then answered in the event loop."""
+        """An open, the kernel's attributes dropped if another node changed the file since it
+        got them (KernelAttrs), and a small file's bytes brought into memory in the same hop
+        (VFS.preload): the read that follows every such open is then answered in the event loop."""
         fh = self.vfs.open(inode, flags, ctx)
         try:
+            attr = self.vfs.cached_getattr(inode)  # as the open's close-to-open check read them
+            if attr is not None:
+                self.attrs.opened(inode, attr.mtime, attr.length)
             self.vfs.preload(fh)
         except BaseException:
             self.vfs.release(fh)  # the open fails: its handle must not stay counted

@@ -17,10 +17,16 @@ place is forgotten only when an invalidation of it ends with no answer naming it
 invalidation began. That is enough because the kernel holds the parent's lock from before it
 asks until it has linked the answer, and an invalidation needs that lock: one that began
 after an answer was given removes what that answer linked.
+
+Files have the same trouble with their attributes: the kernel keeps a file's size and mtime
+for the attr timeout and reads the file at that size. An open that finds them changed (its
+close-to-open check read the engine's) drops the kernel's copy (KernelAttrs), or a stat
+followed by an open on this node would read a file another node had grown at its old size.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import threading
@@ -136,3 +142,27 @@ class DirectoryPlaces:
                 del self._held[ino]
         if self._at.get(place) == ino:
             del self._at[place]
+
+
+class KernelAttrs:
+    """The (mtime, size) each inode was last answered with; the trio thread records, worker
+    threads check at an open (dict operations: thread-safe by the GIL)."""
+
+    def __init__(self) -> None:
+        self._told: dict[int, tuple[int, int]] = {}
+
+    def told(self, ino: int, mtime: int, length: int) -> None:
+        if len(self._told) >= LIMIT:
+            self._told.clear()  # (an inode forgotten is refreshed at its next open: safe)
+        self._told[ino] = (mtime, length)
+
+    def opened(self, ino: int, mtime: int, length: int) -> None:
+        """An open read these attributes: the kernel's copy goes if it may be older."""
+        if self._told.get(ino) == (mtime, length):
+            return
+        self.told(ino, mtime, length)  # what the kernel asks for next comes from the same place
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: the kernel holds no such inode
+                log.warning("dropping the kernel's attributes of inode %d: %s", ino, e.strerror)

@@ -16,8 +16,10 @@ import pytest
 
 from cachefs.errors import FSError
 from cachefs.meta import open_meta
+from cachefs.metacache import SCAN_MISSES
 
 from .conftest import run_cli, wait_for
+from .test_cache import stats
 
 pytestmark = pytest.mark.mount
 FAST = ("--attr-cache", "0.2", "--entry-cache", "0.2", "--dir-entry-cache", "0.2")
@@ -59,6 +61,32 @@ def test_renames_and_deletes_show_up(two):
     time.sleep(0.3)
     assert not os.path.exists(os.path.join(a, "d", "y"))
     assert os.listdir(os.path.join(a, "d")) == []
+
+
+def test_stat_of_every_file_is_answered_from_one_listing_and_stays_close_to_open(two):
+    """A stat of each file of a directory the mount has not seen: after SCAN_MISSES lookups the
+    directory comes in one listing and the rest are answered in the event loop; a change made
+    on the other mount is still seen at the next open, and a removal once the timeout passed."""
+    _, a, b = two
+    d = os.path.join(a, "d")
+    os.mkdir(d)
+    for i in range(60):
+        with open(os.path.join(d, f"f{i:02d}"), "wb") as f:
+            f.write(b"v1")
+    before = stats(b)
+    sizes = [os.stat(os.path.join(b, "d", f"f{i:02d}")).st_size for i in range(60)]
+    assert sizes == [2] * 60
+    after = stats(b)
+    assert after["cachefs_meta_listings_total"] - before.get("cachefs_meta_listings_total", 0) == 1
+    answered = 'cachefs_fuse_in_memory_total{op="lookup"}'
+    assert after.get(answered, 0) - before.get(answered, 0) >= 60 - SCAN_MISSES
+    with open(os.path.join(d, "f05"), "wb") as f:  # changed on a
+        f.write(b"version 2")
+    with open(os.path.join(b, "d", "f05"), "rb") as f:  # at once: the open revalidates
+        assert f.read() == b"version 2"
+    os.unlink(os.path.join(d, "f06"))
+    time.sleep(0.3)
+    assert not os.path.exists(os.path.join(b, "d", "f06"))
 
 
 def test_concurrent_creates_from_both_mounts(two):
