@@ -405,13 +405,19 @@ def test_a_directory_looked_up_name_by_name_is_fetched_whole(tmp_path):
         assert inos == [writer.vfs.lookup(d, n)[0] for n in names]
         assert asked == names[: SCAN_MISSES - 1]
         assert reader.metrics.listings._value.get() == 1
-        # a name the listing did not have is asked for, not answered ENOENT from memory
+        # names the listing did not have are known missing until it expires (as the kernel's
+        # negative entries are), except those this client makes itself
+        assert reader.vfs.cached_missing(d, b"nothing") and not reader.vfs.cached_missing(d, b"f00")
+        reader.vfs.release(reader.vfs.create(d, b"mine", 0o644, os.O_WRONLY)[0])
+        assert not reader.vfs.cached_missing(d, b"mine") and reader.vfs.cached_lookup(d, b"mine")
+        # another client's create and removal are seen once the entry timeout has passed
         writer.vfs.release(writer.vfs.create(d, b"new", 0o644, os.O_WRONLY)[0])
-        assert lookup(b"new")[0] == writer.vfs.lookup(d, b"new")[0]
-        # another client's removal is seen once the entry timeout has passed
         writer.vfs.unlink(d, b"f39")
+        assert reader.vfs.cached_missing(d, b"new")
         assert reader.vfs.cached_lookup(d, b"f39") is not None
         time.sleep(0.6)
+        assert not reader.vfs.cached_missing(d, b"new")
+        assert lookup(b"new")[0] == writer.vfs.lookup(d, b"new")[0]
         assert reader.vfs.cached_lookup(d, b"f39") is None
         with pytest.raises(FSError) as e:
             reader.vfs.lookup(d, b"f39")
