@@ -68,6 +68,7 @@ class WriteBack:
         self.metrics = metrics
         self.fsync_remote = fsync_remote  # fsync waits for the upload, not only for staging
         self._slices: dict[int, _Slice] = {}
+        self._failing = 0  # slices in _slices whose last upload failed
         self._cond = threading.Condition()
         self._queue: queue.Queue[tuple[int, int, int, float] | None] = queue.Queue()
         self._unconfirmed: list[int] = []
@@ -149,6 +150,7 @@ class WriteBack:
             for i in ids:
                 s = self._slices.pop(i, None)
                 if s is not None:
+                    self._set_error(s, None)
                     s.abandoned = True
                     for index, length in s.staged.items():
                         self.staging.remove(i, index, length)
@@ -207,7 +209,7 @@ class WriteBack:
                 self._stop.wait(PERMANENT_RETRY)
                 continue
             with self._cond:
-                s.error = None
+                self._set_error(s, None)
                 s.left.pop(index, None)
                 if not s.left and s.committed and not s.abandoned:
                     self._finish(slice_id, s)
@@ -216,8 +218,15 @@ class WriteBack:
 
     def _failed(self, s: _Slice, e: Exception) -> None:
         with self._cond:
-            s.error = e
+            self._set_error(s, e)
             self._cond.notify_all()
+
+    def _set_error(self, s: _Slice, e: Exception | None) -> None:
+        """(caller holds the lock) counted, so that error_of, asked at every flush and close,
+        looks through the pending slices only when one of them has failed."""
+        if not s.abandoned:  # (an upload that was running when its slice was abandoned)
+            self._failing += (e is not None) - (s.error is not None)
+        s.error = e
 
     def _finish(self, slice_id: int, s: _Slice) -> None:
         """All blocks of a committed slice are uploaded (caller holds the lock): its pending
@@ -229,7 +238,8 @@ class WriteBack:
         self._cond.notify_all()
 
     def _drop(self, slice_id: int, s: _Slice) -> None:
-        self._slices.pop(slice_id, None)
+        if self._slices.pop(slice_id, None) is not None:
+            self._set_error(s, None)
         for index, length in s.staged.items():
             self.staging.remove(slice_id, index, length)
 
@@ -303,6 +313,8 @@ class WriteBack:
     def error_of(self, ino: int) -> Exception | None:
         """The upload error of one of ino's slices, if any: it makes fsync/flush/close fail."""
         with self._cond:
+            if not self._failing:
+                return None
             for s in self._slices.values():
                 if s.ino == ino and s.error is not None:
                     return s.error
