@@ -6,7 +6,7 @@ mount gives it), so an answer from here is never older than one the kernel could
 caches; what this client changes itself is updated or dropped at once (the engine reports each
 committed transaction's changes: meta.Changes). Bounded: past `limit` entries it starts afresh.
 Thread-safe by the GIL: every operation is a dict lookup or assignment (counting a
-directory's misses and a change's sequence number take a lock).
+directory's misses, applying a change and installing a listing take one lock).
 
 A directory looked up name by name (SCAN_MISSES misses within the entry timeout: a stat of every
 file of a list, a reader going through a directory in order) is fetched whole, entries and
@@ -111,7 +111,13 @@ class MetaCache:
 
     def put_listing(self, parent: int, listing: list[tuple[bytes, int, Attr]], since: float, seq: int) -> None:
         """A directory's entries read by a fetch that began at `since` (monotonic), when `seq`
-        changes had been applied; what a later change of ours touched is left out."""
+        changes had been applied; what a later change of ours touched is left out (checked and
+        installed under the lock apply() holds: an unlink applied between the two must not be
+        undone)."""
+        with self._lock:
+            self._install(parent, listing, since, seq)
+
+    def _install(self, parent: int, listing: list[tuple[bytes, int, Attr]], since: float, seq: int) -> None:
         if self._floor > seq or self._touched.get(parent, 0) > seq:
             return  # names came or went meanwhile: the listing may have or lack them wrongly
         if len(self._entries) + len(listing) >= self.limit:
@@ -140,18 +146,19 @@ class MetaCache:
         self._attrs.pop(ino, None)
 
     def apply(self, changes: Changes) -> None:
-        """What a transaction of this client committed."""
-        with self._lock:  # one seq per change, even when two threads commit at once
+        """What a transaction of this client committed (one seq per change, even when two
+        threads commit at once; under the lock a listing is installed with)."""
+        with self._lock:
             self.seq += 1
             for ino in (*changes.gone, *changes.attrs):
                 self._touch(ino)
             for parent, _ in (*changes.removed, *changes.entries):
                 self._touch(parent)
-        for ino in changes.gone:
-            self._attrs.pop(ino, None)
-        for key in changes.removed:
-            self._entries.pop(key, None)
-        for (parent, name), ino in changes.entries.items():
-            self.put_entry(parent, name, ino, changes.attrs.get(ino))
-        for ino, attr in changes.attrs.items():
-            self.put_attr(ino, attr)
+            for ino in changes.gone:
+                self._attrs.pop(ino, None)
+            for key in changes.removed:
+                self._entries.pop(key, None)
+            for (parent, name), ino in changes.entries.items():
+                self.put_entry(parent, name, ino, changes.attrs.get(ino))
+            for ino, attr in changes.attrs.items():
+                self.put_attr(ino, attr)
