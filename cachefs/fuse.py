@@ -101,24 +101,18 @@ class Operations(pyfuse3.Operations):
         if hit is not None:
             self._answered("lookup")
             return await self._entry_at(parent_inode, name, *hit)
-        if self.vfs.cached_missing(parent_inode, name):
-            self._answered("lookup")
-            return self._missing()
         try:
             ino, attr = await self._run("lookup", self.vfs.lookup, parent_inode, name)
         except pyfuse3.FUSEError as e:
             if e.errno != errno.ENOENT:
                 raise
-            return self._missing()
+            # a negative entry the kernel keeps for the entry timeout (a create's lookup before
+            # it, a search path's misses): no second request for the same missing name
+            miss = pyfuse3.EntryAttributes()
+            miss.st_ino = 0
+            miss.entry_timeout = self.entry_timeout
+            return miss
         return await self._entry_at(parent_inode, name, ino, attr)
-
-    def _missing(self) -> pyfuse3.EntryAttributes:
-        """A negative entry the kernel keeps for the entry timeout (a create's lookup before
-        it, a search path's misses): no second request for the same missing name."""
-        miss = pyfuse3.EntryAttributes()
-        miss.st_ino = 0
-        miss.entry_timeout = self.entry_timeout
-        return miss
 
     async def _entry_at(self, parent: int, name: bytes, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
         """The reply naming ino at parent/name; a directory another node moved here is dropped

@@ -12,11 +12,10 @@ A directory looked up name by name (SCAN_MISSES misses within the entry timeout:
 file of a list, a reader going through a directory in order) is fetched whole, entries and
 attributes in a few round trips, so the rest of its lookups are answered here; lookups spread
 over many directories (random reads across a large dataset) never reach the threshold and cost
-no listing. A name not in a listing is known missing until the listing expires, as a negative
-entry the kernel keeps would be (a create's lookup before it needs no round trip). A listing is
-installed only if no change of this client added or removed names in the directory while it
-was read (one read before an unlink must not bring the name back), and without the attributes
-of the files such a change touched.
+no listing. A listing is installed only if no change of this client added or removed names in
+the directory while it was read (one read before an unlink must not bring the name back), and
+without the attributes of the files such a change touched. A name a listing lacks is still
+asked for: a file another node made and closed after the listing must be found at once.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ class MetaCache:
         self._attrs: dict[int, tuple[float, Attr]] = {}
         self._entries: dict[tuple[int, bytes], tuple[float, int]] = {}
         self._misses: dict[int, tuple[float, int]] = {}  # directory -> (window end, misses in it)
-        self._listed: dict[int, float] = {}  # directory -> until when _entries holds all its names
         self._lock = threading.Lock()
         self.seq = 0  # changes applied so far
         self._touched: dict[int, int] = {}  # inode or directory -> seq of the last change to it
@@ -63,17 +61,6 @@ class MetaCache:
             return None
         return hit[1]
 
-    def missing(self, parent: int, name: bytes) -> bool:
-        """Whether name is known not to be in parent: a listing of parent, read within the entry
-        timeout, did not have it and no change of ours made it since (as old as a negative
-        entry the kernel keeps)."""
-        until = self._listed.get(parent)
-        return until is not None and until >= time.monotonic() and (parent, name) not in self._entries
-
-    def _clear_entries(self) -> None:
-        self._entries.clear()
-        self._listed.clear()  # what a listing had is gone: its names are not known missing
-
     def put_attr(self, ino: int, attr: Attr) -> None:
         if self.attr_ttl <= 0:
             return
@@ -84,10 +71,9 @@ class MetaCache:
     def put_entry(self, parent: int, name: bytes, ino: int, attr: Attr | None = None) -> None:
         ttl = self.dir_entry_ttl if attr is not None and attr.type == TYPE_DIR else self.entry_ttl
         if ttl <= 0:
-            self._listed.pop(parent, None)  # a name not kept: parent's listing no longer complete
             return
         if len(self._entries) >= self.limit:
-            self._clear_entries()
+            self._entries.clear()
         self._entries[(parent, name)] = (time.monotonic() + ttl, ino)
         if attr is not None:
             self.put_attr(ino, attr)
@@ -119,22 +105,18 @@ class MetaCache:
 
     def _install(self, parent: int, listing: list[tuple[bytes, int, Attr]], since: float, seq: int) -> None:
         if self._floor > seq or self._touched.get(parent, 0) > seq:
-            return  # names came or went meanwhile: the listing may have or lack them wrongly
+            return  # names came or went meanwhile: the listing may have them wrongly
         if len(self._entries) + len(listing) >= self.limit:
-            self._clear_entries()
+            self._entries.clear()
         if len(self._attrs) + len(listing) >= self.limit:
             self._attrs.clear()
-        now, complete = time.monotonic(), True
+        now = time.monotonic()
         for name, ino, attr in listing:
             ttl = self.dir_entry_ttl if attr.type == TYPE_DIR else self.entry_ttl
             if ttl > 0 and since + ttl > now:
                 self._entries[(parent, name)] = (since + ttl, ino)
-            else:
-                complete = False
             if self._touched.get(ino, 0) <= seq:  # (attributes we changed meanwhile are newer)
                 self._attrs[ino] = (since + self.attr_ttl, attr)
-        if complete and since + self.entry_ttl > now:
-            self._listed[parent] = since + self.entry_ttl
 
     def _touch(self, key: int) -> None:
         if len(self._touched) >= self.limit:

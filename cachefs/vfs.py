@@ -94,8 +94,6 @@ class VFS:
             hit = self.cached_lookup(parent, name)
             if hit is not None:
                 return hit
-            if self.cached_missing(parent, name):
-                raise FSError(errno.ENOENT)
         ino, attr = self.meta.lookup(parent, name)
         self.cache.put_entry(parent, name, ino, attr)
         return ino, self._with_length(ino, attr)
@@ -147,14 +145,6 @@ class VFS:
         ino = self.cache.entry(parent, name)
         attr = None if ino is None else self.cache.attr(ino)
         return None if attr is None else (ino, self._with_length(ino, attr))
-
-    def cached_missing(self, parent: int, name: bytes) -> bool:
-        """Whether a lookup may answer ENOENT from memory (metacache.py: a recent listing); the
-        engine is told, as a lookup's miss would have told it, for the create that follows."""
-        if internal.reserved(parent, name) or not self.cache.missing(parent, name):
-            return False
-        self.meta.missing_seen(parent, name)
-        return True
 
     def cached_getattr(self, ino: int) -> Attr | None:
         if internal.is_internal(ino):

@@ -277,10 +277,6 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
     def lookup(self, parent: int, name: bytes) -> tuple[int, Attr]:
         return self._read(lambda tx: self._lookup_in(tx, parent, name))
 
-    def missing_seen(self, parent: int, name: bytes) -> None:
-        """This client found name absent from parent without asking (a recent listing): the
-        engine may keep that as it keeps a lookup's miss, for the create that often follows."""
-
     def lookup_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr] | FSError]:
         """lookup of each (parent, name), in one round trip where the engine allows (the
         directories a DataLoader batch's paths go through); the FSError in place of one that

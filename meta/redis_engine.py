@@ -159,10 +159,6 @@ class RedisMeta(BaseMeta):
             raise one
         return one
 
-    def missing_seen(self, parent: int, name: bytes) -> None:
-        # a hint only: a create's one-round-trip attempt checks it against the real entry
-        self.hints.put((self.k.dir(parent), name), None)
-
     def lookup_many(self, pairs: list[tuple[int, bytes]]) -> list[tuple[int, Attr] | FSError]:
         plain = [i for i, (_, name) in enumerate(pairs) if _scripted(name)]
         out: list[Any] = [None] * len(pairs)

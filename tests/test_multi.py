@@ -80,6 +80,10 @@ def test_stat_of_every_file_is_answered_from_one_listing_and_stays_close_to_open
     assert after["cachefs_meta_listings_total"] - before.get("cachefs_meta_listings_total", 0) == 1
     answered = 'cachefs_fuse_in_memory_total{op="lookup"}'
     assert after.get(answered, 0) - before.get(answered, 0) >= 60 - SCAN_MISSES
+    with open(os.path.join(d, "late"), "wb") as f:  # made on a after b's listing: found at once
+        f.write(b"late")
+    with open(os.path.join(b, "d", "late"), "rb") as f:
+        assert f.read() == b"late"
     with open(os.path.join(d, "f05"), "wb") as f:  # changed on a
         f.write(b"version 2")
     with open(os.path.join(b, "d", "f05"), "rb") as f:  # at once: the open revalidates
