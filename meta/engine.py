@@ -344,8 +344,8 @@ class BaseMeta(Namespace, FileData, Sessions, InFlight, ABC):
         return self._with_attrs(self._list_entries(ino))
 
     def listing(self, ino: int, limit: int) -> list[tuple[bytes, int, Attr]] | None:
-        """readdir's entries of a directory for a client's lookups (metacache.py); None when it
-        holds more than `limit` (or is not a directory): too many to fetch for lookups alone."""
+        """readdir's entries of a directory, for a client's lookups (metacache.py); None when it
+        holds more than `limit`: too many to fetch for lookups alone."""
         if self._count_entries(ino) > limit:
             return None
         return self._with_attrs(self._list_entries(ino))
