@@ -41,7 +41,8 @@ class MetaCache:
         self._entries: dict[tuple[int, bytes], tuple[float, int]] = {}
         self._misses: dict[int, tuple[float, int]] = {}  # directory -> (window end, misses in it)
         self._lock = threading.Lock()
-        self.seq = 0  # changes applied so far
+        self._seq = 0  # changes applied so far
+        self._listings = 0  # listings being read: changes are recorded in _touched only meanwhile
         self._touched: dict[int, int] = {}  # inode or directory -> seq of the last change to it
         self._floor = 0  # seq at which _touched last started afresh (older changes unknown)
 
@@ -68,8 +69,11 @@ class MetaCache:
             self._attrs.clear()
         self._attrs[ino] = (time.monotonic() + self.attr_ttl, attr)
 
+    def _entry_ttl(self, attr: Attr | None) -> float:
+        return self.dir_entry_ttl if attr is not None and attr.type == TYPE_DIR else self.entry_ttl
+
     def put_entry(self, parent: int, name: bytes, ino: int, attr: Attr | None = None) -> None:
-        ttl = self.dir_entry_ttl if attr is not None and attr.type == TYPE_DIR else self.entry_ttl
+        ttl = self._entry_ttl(attr)
         if ttl <= 0:
             return
         if len(self._entries) >= self.limit:
@@ -95,13 +99,24 @@ class MetaCache:
             self._misses[parent] = (end, n)
             return n == SCAN_MISSES
 
-    def put_listing(self, parent: int, listing: list[tuple[bytes, int, Attr]], since: float, seq: int) -> None:
-        """A directory's entries read by a fetch that began at `since` (monotonic), when `seq`
-        changes had been applied; what a later change of ours touched is left out (checked and
-        installed under the lock apply() holds: an unlink applied between the two must not be
-        undone)."""
+    def begin_listing(self) -> int:
+        """A listing is about to be read: the seq to give end_listing, which must follow."""
         with self._lock:
-            self._install(parent, listing, since, seq)
+            self._listings += 1
+            return self._seq
+
+    def end_listing(self, parent: int, listing: list[tuple[bytes, int, Attr]] | None, since: float,
+                    seq: int) -> None:
+        """A directory's entries read by a fetch that began at `since` (monotonic) and at `seq`
+        (None: it failed or was too large); what a later change of ours touched is left out
+        (checked and installed under the lock apply() holds: an unlink applied between the two
+        must not be undone)."""
+        with self._lock:
+            self._listings -= 1
+            if listing is not None:
+                self._install(parent, listing, since, seq)
+            if not self._listings:
+                self._touched.clear()  # no listing left to check against them
 
     def _install(self, parent: int, listing: list[tuple[bytes, int, Attr]], since: float, seq: int) -> None:
         if self._floor > seq or self._touched.get(parent, 0) > seq:
@@ -112,7 +127,7 @@ class MetaCache:
             self._attrs.clear()
         now = time.monotonic()
         for name, ino, attr in listing:
-            ttl = self.dir_entry_ttl if attr.type == TYPE_DIR else self.entry_ttl
+            ttl = self._entry_ttl(attr)
             if ttl > 0 and since + ttl > now:
                 self._entries[(parent, name)] = (since + ttl, ino)
             if self._touched.get(ino, 0) <= seq:  # (attributes we changed meanwhile are newer)
@@ -121,8 +136,8 @@ class MetaCache:
     def _touch(self, key: int) -> None:
         if len(self._touched) >= self.limit:
             self._touched.clear()
-            self._floor = self.seq
-        self._touched[key] = self.seq
+            self._floor = self._seq
+        self._touched[key] = self._seq
 
     def drop_attr(self, ino: int) -> None:
         self._attrs.pop(ino, None)
@@ -131,11 +146,12 @@ class MetaCache:
         """What a transaction of this client committed (one seq per change, even when two
         threads commit at once; under the lock a listing is installed with)."""
         with self._lock:
-            self.seq += 1
-            for ino in (*changes.gone, *changes.attrs):
-                self._touch(ino)
-            for parent, _ in (*changes.removed, *changes.entries):
-                self._touch(parent)
+            self._seq += 1
+            if self._listings:
+                for ino in (*changes.gone, *changes.attrs):
+                    self._touch(ino)
+                for parent, _ in (*changes.removed, *changes.entries):
+                    self._touch(parent)
             for ino in changes.gone:
                 self._attrs.pop(ino, None)
             for key in changes.removed:

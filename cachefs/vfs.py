@@ -101,11 +101,14 @@ class VFS:
     def _fetch_listing(self, parent: int) -> bool:
         """The directory's entries into the metadata cache (a name-by-name scan of it: metacache.py);
         False when it is too large for that."""
-        seq, since = self.cache.seq, time.monotonic()
-        listing = self.meta.listing(parent, SCAN_LIMIT)
+        seq, since = self.cache.begin_listing(), time.monotonic()
+        listing = None
+        try:
+            listing = self.meta.listing(parent, SCAN_LIMIT)
+        finally:
+            self.cache.end_listing(parent, listing, since, seq)
         if listing is None:
             return False
-        self.cache.put_listing(parent, listing, since, seq)
         self.metrics.listings.inc()
         return True
 

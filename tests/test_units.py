@@ -170,22 +170,22 @@ def test_a_listing_read_before_a_change_of_ours_does_not_undo_it():
     without what the change touched (it was read before the change and would bring it back)."""
     c = MetaCache(5, 5, 5)
     f = Attr(type=TYPE_FILE, mode=0o644)
-    seq, since = c.seq, time.monotonic()
+    seq, since = c.begin_listing(), time.monotonic()
     listing = [(b"a", 10, f), (b"b", 11, f), (b"c", 12, f)]
     c.apply(Changes(removed={(2, b"x")}, gone={11}))  # another directory's entry; inode 11
-    c.put_listing(1, listing, since, seq)  # directory 1 untouched: all names, 11's attributes not
+    c.end_listing(1, listing, since, seq)  # directory 1 untouched: all names, 11's attributes not
     assert c.entry(1, b"a") == 10 and c.attr(10) is not None
     assert c.entry(1, b"b") == 11 and c.attr(11) is None  # the name stands, its old attributes not
     c2 = MetaCache(5, 5, 5)
-    seq = c2.seq
+    seq = c2.begin_listing()
     c2.apply(Changes(removed={(1, b"c")}))  # a name of the directory itself: nothing installed
-    c2.put_listing(1, listing, since, seq)
+    c2.end_listing(1, listing, since, seq)
     assert c2.entry(1, b"a") is None
-    c2.put_listing(1, listing, since, c2.seq)  # read after it: installed
+    c2.end_listing(1, listing, since, c2.begin_listing())  # read after it: installed
     assert c2.entry(1, b"a") == 10
     # entries expire as their listing was read, not when it was installed
     c3 = MetaCache(5, 0.05, 5)
-    c3.put_listing(1, listing, time.monotonic() - 0.1, c3.seq)
+    c3.end_listing(1, listing, time.monotonic() - 0.1, c3.begin_listing())
     assert c3.entry(1, b"a") is None
 
 
