@@ -21,13 +21,18 @@ from cachefs.options import Options
 from cachefs.volume import Volume
 
 
-@pytest.fixture(params=["none", "lz4"])
-def vol(request, tmp_path):
+def formatted(tmp_path, **settings) -> str:
+    """The URL of a new SQLite volume over the mem object store (settings: Settings fields)."""
     url = f"sqlite3://{tmp_path}/m.db"
     meta = open_meta(url)
-    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4()), block_size=64 << 10,
-                         compression=request.param))
+    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4()), **settings))
     meta.close_engine()
+    return url
+
+
+@pytest.fixture(params=["none", "lz4"])
+def vol(request, tmp_path):
+    url = formatted(tmp_path, block_size=64 << 10, compression=request.param)
     v = Volume(url, Options(cache_dir=""))
     v.meta.new_session({})
     yield v
@@ -145,10 +150,7 @@ def test_fallocate_and_punch(vol):
 
 
 def test_read_only(tmp_path):
-    url = f"sqlite3://{tmp_path}/m.db"
-    meta = open_meta(url)
-    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4())))
-    meta.close_engine()
+    url = formatted(tmp_path)
     v = Volume(url, Options(read_only=True, cache_dir=""))
     with pytest.raises(FSError) as e:
         v.vfs.mkdir(ROOT_INODE, b"d", 0o755)
@@ -279,11 +281,7 @@ def test_random_read_of_a_cold_block_is_a_ranged_get(tmp_path):
     block follows in the background."""
     import time
 
-    url = f"sqlite3://{tmp_path}/m.db"
-    meta = open_meta(url)
-    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4()), block_size=1 << 20,
-                         block_format=2))
-    meta.close_engine()
+    url = formatted(tmp_path, block_size=1 << 20, block_format=2)
     v = Volume(url, Options(cache_dir="", buffer_size=8 << 20))
     v.meta.new_session({})
     fh, ino, _ = v.vfs.create(ROOT_INODE, b"f", 0o644, os.O_RDWR)
@@ -324,10 +322,7 @@ def test_an_opened_small_file_is_preloaded_so_its_read_needs_no_thread(tmp_path)
     writing and an uncached one are left to the read; a damaged entry is dropped, not served."""
     from .conftest import wait_for
 
-    url = f"sqlite3://{tmp_path}/m.db"
-    meta = open_meta(url)
-    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4())))
-    meta.close_engine()
+    url = formatted(tmp_path)
     v = Volume(url, Options(cache_dir=str(tmp_path / "c")))
     v.meta.new_session({})
     small, large = os.urandom(100_000), os.urandom(1 << 20)
@@ -381,10 +376,7 @@ def test_a_directory_looked_up_name_by_name_is_fetched_whole(tmp_path):
     """After SCAN_MISSES lookups that had to ask the engine, a directory's entries come in one
     listing and the rest of its names are answered from memory; the listing lives no longer
     than the entry timeout, and this client's own changes show at once."""
-    url = f"sqlite3://{tmp_path}/m.db"
-    meta = open_meta(url)
-    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4())))
-    meta.close_engine()
+    url = formatted(tmp_path)
     opts = Options(cache_dir="", attr_cache=0.5, entry_cache=0.5, dir_entry_cache=0.5)
     writer, reader = Volume(url, opts), Volume(url, opts)
     try:
@@ -434,10 +426,7 @@ def test_a_directory_looked_up_name_by_name_is_fetched_whole(tmp_path):
 
 def test_a_directory_too_large_is_looked_up_name_by_name(tmp_path, monkeypatch):
     monkeypatch.setattr(vfs_module, "SCAN_LIMIT", 20)
-    url = f"sqlite3://{tmp_path}/m.db"
-    meta = open_meta(url)
-    meta.format(Settings(name="v", uuid="u", storage="mem", bucket=str(uuid.uuid4())))
-    meta.close_engine()
+    url = formatted(tmp_path)
     v = Volume(url, Options(cache_dir=""))
     try:
         v.meta.new_session({})
