@@ -409,11 +409,11 @@ class ChunkStore:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(1.0, delay * 2)
 
-    def _cached(self, key: str) -> Buffer | None:
-        """A whole block from the disk cache, verified; None on a miss or a damaged entry
-        (dropped: the caller fetches it again)."""
+    def _cached(self, key: str, offset: int = 0, n: int | None = None) -> Buffer | None:
+        """Bytes [offset, offset+n) of a block from the disk cache (n None: the whole block),
+        verified; None on a miss or a damaged entry (dropped: the caller fetches it again)."""
         try:
-            return self.cache.get(key)
+            return self.cache.read_range(key, offset, n)
         except ChecksumError as e:
             self._cache_damaged(key, e)
             return None
@@ -437,11 +437,7 @@ class ChunkStore:
             key = self.key(slice_id, first, length)
             block = self.buffer.get(key)
             if block is None and self.cache is not None and self._small(n):
-                try:
-                    data = self.cache.read_range(key, start, n)
-                except ChecksumError as e:
-                    self._cache_damaged(key, e)
-                    data = None
+                data = self._cached(key, start, n)
                 if data is not None:
                     return data
             if block is None and random and self.ranged_reads and self._small(n):
