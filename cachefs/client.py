@@ -63,6 +63,7 @@ def _forked() -> None:
         c._volume = None  # the parent's: its threads did not follow us, its sockets are not ours
         c._pid = os.getpid()
         c._lock = threading.Lock()
+        c._copy = True
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -156,6 +157,7 @@ class Client:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._checked = False  # the bucket answered once: copies in workers need not ask again
+        self._copy = False  # forked or unpickled: the original does the volume's chores
         _CLIENTS.add(self)
         self.volume  # noqa: B018 - fail now (unreachable engine, bad URL), not at the first read
 
@@ -175,7 +177,7 @@ class Client:
         vol = Volume(self.meta_url, self.options, node_cache=True, check_objects=not self._checked)
         self._checked = True
         vol.start({"client": "python", "hostname": socket.gethostname(), "pid": os.getpid()})
-        vol.background.start()
+        vol.background.start(chores=not self._copy)
         return vol
 
     def __getstate__(self) -> dict:
@@ -184,7 +186,7 @@ class Client:
     def __setstate__(self, state: dict) -> None:
         self.meta_url, self.options = state["meta_url"], state["options"]
         self._checked = state.get("checked", False)
-        self._volume, self._pid, self._lock = None, os.getpid(), threading.Lock()
+        self._volume, self._pid, self._lock, self._copy = None, os.getpid(), threading.Lock(), True
         _CLIENTS.add(self)
 
     def close(self) -> None:

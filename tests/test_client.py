@@ -381,6 +381,7 @@ def test_fork_and_pickle_rebuild_the_client_in_the_child(volumes):
                 # what it inherited is out of its collections (a full one walked the parent's heap)
                 assert gc.get_freeze_count() > 0
                 assert c.read_bytes("/parent") == b"p" * 100_000
+                assert not c.volume.background._chores  # the parent does the volume's chores
                 c.write_bytes("/child", b"c" * 5000)
                 c.close()
                 code = 0
@@ -392,8 +393,10 @@ def test_fork_and_pickle_rebuild_the_client_in_the_child(volumes):
         # the parent's client still works after the child used (and closed) its own
         assert c.read_bytes("/child") == b"c" * 5000
         assert c.read_bytes("/parent") == b"p" * 100_000
+        assert c.volume.background._chores
         clone = pickle.loads(pickle.dumps(c))
         assert clone.read_bytes("/child") == b"c" * 5000
+        assert not clone.volume.background._chores
         clone.close()
         script = ("import pickle, sys; c = pickle.load(sys.stdin.buffer); "
                   "sys.stdout.write(c.read_bytes('/child').decode()); c.close()")

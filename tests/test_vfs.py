@@ -114,6 +114,8 @@ def test_unlinked_open_file_readable_until_close(vol):
     vol.vfs.release(fh)
     with pytest.raises(FSError):
         vol.meta.getattr(ino)
+    bg.run_once(trash_delay=0, chores=False)  # a client's copy (a DataLoader worker) leaves it
+    assert vol.objects.objects
     bg.run_once(trash_delay=0)
     assert vol.objects.objects == {}
 
@@ -132,10 +134,12 @@ def test_compaction_keeps_content_and_frees_objects(vol):
     vol.vfs.release(fh)
     before = len(vol.meta.read_chunk(ino, 0))
     assert before > COMPACT_THRESHOLD
-    Background(vol.meta, vol.chunks, vol.compactions).run_once(trash_delay=0)
+    # a process that leaves the volume's chores to others still compacts what it wrote
+    Background(vol.meta, vol.chunks, vol.compactions).run_once(trash_delay=0, chores=False)
     assert len(vol.meta.read_chunk(ino, 0)) == 1
     fh = vol.vfs.open(ino, os.O_RDONLY)
     assert vol.vfs.read(fh, 0, 300_000) == bytes(ref)
+    Background(vol.meta, vol.chunks, vol.compactions).run_once(trash_delay=0)  # the trash's chore
     slice_ids = {k.rsplit("/", 1)[1].split("_")[0] for k in vol.objects.objects}
     assert len(slice_ids) == 1  # the old slices' objects are gone
 
