@@ -138,7 +138,9 @@ class DirEntry:
 class Client:
     """A client of one volume. Keyword arguments are mount options (cachefs/options.py):
     cache_dir, cache_size (bytes), cache_group, writeback, read_only, ...; meta_url defaults
-    to $CACHEFS_META_URL."""
+    to $CACHEFS_META_URL. A forked or unpickled copy (a DataLoader worker) makes its own
+    connections and session and leaves the volume's chores (the trash, dead sessions) to the
+    original and to the node's mounts."""
 
     def __init__(self, meta_url: str | None = None, **options: Any) -> None:
         url = meta_url or os.environ.get("CACHEFS_META_URL", "")
