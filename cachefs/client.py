@@ -49,6 +49,8 @@ from .options import Options
 # 110 KB, items/s with 8 workers: width 4 1261-1548, 8 1488-1489, 16 1327-1388; 4 workers alike)
 BATCH_FETCHES = 8
 
+SESSION_END_WAIT = 3.0  # seconds close() waits for an engine that is away to end the session
+
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
@@ -195,11 +197,14 @@ class Client:
         """Commit what is written, end the session (a pickled or forked copy has its own)."""
         vol, self._volume = self._volume, None
         if vol is not None and self._pid == os.getpid():
-            vol.background.stop()
             try:
-                vol.meta.close_session()
+                with vol.meta.retry.capped(SESSION_END_WAIT):
+                    vol.background.stop()
+                    vol.meta.close_session()
+            except CachefsError as e:  # the engine is away: the others clean the session up
+                logging.getLogger("cachefs").warning("session not ended: %s", e)
             finally:
-                vol.close()
+                vol.close()  # what is written is committed with the engine's full patience
 
     def __enter__(self) -> Client:
         return self

@@ -16,7 +16,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from cachefs.errors import MetaError
@@ -50,7 +51,7 @@ class Retry:
     def call(self, attempt: Callable[[], T]) -> T:
         """attempt() until it returns, or raises something other than Outage; MetaError once
         the engine has been away for `timeout` seconds of this call."""
-        deadline = None
+        first = None
         delay = FIRST_DELAY
         while True:
             try:
@@ -58,8 +59,9 @@ class Retry:
             except Outage as e:
                 now = time.monotonic()
                 self._failed(now, e)
-                if deadline is None:
-                    deadline = now + self.timeout
+                if first is None:
+                    first = now
+                deadline = first + self.timeout  # read each time: capped() shortens calls under way
                 if now >= deadline:
                     raise MetaError(f"{self.where}: unreachable for {self.timeout:g} s: {e.__cause__ or e}") from None
                 if self.metrics is not None:
@@ -70,6 +72,19 @@ class Retry:
             if self._down_since is not None:
                 self._recovered()
             return result
+
+    @contextmanager
+    def capped(self, seconds: float) -> Iterator[None]:
+        """Within the block, every call of this engine (other threads' too, those riding an outage
+        already included) waits out an outage for at most `seconds`. A closing client ends its
+        session so: left behind, the session is cleaned up by the others like a dead one, and
+        a training script whose engine went away exits in seconds, not a minute."""
+        before = self.timeout
+        self.timeout = min(before, seconds)
+        try:
+            yield
+        finally:
+            self.timeout = before
 
     def _failed(self, now: float, e: Exception) -> None:
         with self._lock:

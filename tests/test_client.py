@@ -22,7 +22,7 @@ from cachefs.cacheview import CacheView
 from cachefs.errors import CachefsError
 
 from .conftest import run_cli
-from .servers import free_port
+from .servers import RedisServer, free_port
 
 pytestmark = pytest.mark.mount
 
@@ -306,6 +306,31 @@ def test_unreachable_engine_and_object_store_fail_within_seconds(tmp_path, volum
     with pytest.raises(CachefsError, match="cannot reach S3"):
         Client(url)
     assert time.monotonic() - t0 < 15
+
+
+def test_close_with_the_engine_gone_ends_in_seconds(tmp_path):
+    """Fault: Redis killed under a client with nothing left to commit. close() (and so a
+    training script's exit) leaves the session to be cleaned up as a dead one instead of
+    waiting a minute for the engine; what was written is all there once it is back."""
+    server = RedisServer(durable=True)
+    try:
+        url = server.url(1)
+        run_cli("format", url, "gone", "--storage", "file", "--bucket", str(tmp_path / "objects"))
+        c = Client(url)
+        c.write_bytes("/before", b"b" * 300_000)
+        server.kill()
+        t0 = time.monotonic()
+        c.close()
+        took = time.monotonic() - t0
+        assert took < 15, took  # was ~70 s: 10 for the background threads, 60 for the session
+        server.start()
+        again = Client(url)
+        try:
+            assert again.read_bytes("/before") == b"b" * 300_000
+        finally:
+            again.close()
+    finally:
+        server.stop()
 
 
 def test_permissions_of_the_calling_process(volumes):

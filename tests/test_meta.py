@@ -444,6 +444,36 @@ def test_commit_whose_answer_was_lost_is_not_applied_twice(volumes, monkeypatch)
     m.close_engine()
 
 
+def test_capped_retry_shortens_the_calls_riding_an_outage_already(tmp_path):
+    from cachefs.errors import MetaError
+    from cachefs.meta.retry import Outage, Retry
+
+    r = Retry("engine", timeout=60.0)
+    started, failed = threading.Event(), []
+
+    def down():
+        started.set()
+        raise Outage("down")
+
+    def call():
+        try:
+            r.call(down)
+        except MetaError as e:
+            failed.append((time.monotonic(), e))
+
+    t = threading.Thread(target=call)
+    t.start()
+    started.wait(5)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    with r.capped(0.5):
+        t.join(10)
+        with pytest.raises(MetaError, match="unreachable for 0.5 s"):
+            r.call(down)
+    assert failed and failed[0][0] - t0 < 3  # not the 60 s it began with
+    assert r.timeout == 60.0  # restored after the block
+
+
 def test_outage_waits_then_fails_with_eio_after_the_retry_timeout(tmp_path):
     from cachefs.errors import MetaError
     from cachefs.meta.retry import Outage, Retry
