@@ -194,6 +194,7 @@ class CacheView:
         keeper finds it damaged when asked, and fetches the block again)."""
         with self._advised_lock:
             fd = self._advised.pop(key, None) if self._advised else None
+        advised = fd is not None
         if fd is None:
             try:
                 fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
@@ -201,7 +202,7 @@ class CacheView:
                 self.metrics.cache_misses.inc()
                 return None
         try:
-            data = read_entry(fd, key, offset, n)[1]
+            data = read_entry(fd, key, offset, n, advised=advised)[1]
         except (OSError, ChecksumError):
             self.metrics.cache_errors.inc()
             self.metrics.cache_misses.inc()

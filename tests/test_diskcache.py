@@ -409,3 +409,42 @@ def test_advise_starts_a_read_that_the_next_read_range_finishes(tmp_path):
     assert len(view._advised) == 256
     view.close()
     keeper.close()
+
+
+@pytest.mark.parametrize("size", [1, 110_000, (64 << 10) * 3])
+def test_an_advised_whole_entry_is_read_apart_and_still_verified(tmp_path, size):
+    """read_entry(advised=True) reads a whole block's table and bytes in two preads (the bytes an
+    object of their own): the same bytes as one pread, and a flipped or missing byte is still
+    a ChecksumError."""
+    from cachefs.block import block_key
+    from cachefs.diskcache import advise_entry, entry_header, read_entry
+
+    key = block_key("vol", 7, 0, size)
+    plain = os.urandom(size)
+    path = tmp_path / "entry"
+    path.write_bytes(entry_header(plain) + plain)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        advise_entry(fd, key, 0, size)
+        head, data = read_entry(fd, key, 0, None, advised=True)
+        assert type(data) is bytes and data == plain
+        assert read_entry(fd, key, 0, None)[1] == plain and head == read_entry(fd, key, 0, None)[0]
+        assert bytes(read_entry(fd, key, size // 2, size - size // 2, advised=True)[1]) == plain[size // 2 :]
+    finally:
+        os.close(fd)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1
+    path.write_bytes(bytes(raw))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ChecksumError, match="checksum mismatch"):
+            read_entry(fd, key, 0, None, advised=True)
+    finally:
+        os.close(fd)
+    path.write_bytes(bytes(raw[:-1]))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ChecksumError, match="truncated"):
+            read_entry(fd, key, 0, None, advised=True)
+    finally:
+        os.close(fd)
