@@ -434,17 +434,11 @@ def test_an_advised_whole_entry_is_read_apart_and_still_verified(tmp_path, size)
         os.close(fd)
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 1
-    path.write_bytes(bytes(raw))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with pytest.raises(ChecksumError, match="checksum mismatch"):
-            read_entry(fd, key, 0, None, advised=True)
-    finally:
-        os.close(fd)
-    path.write_bytes(bytes(raw[:-1]))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with pytest.raises(ChecksumError, match="truncated"):
-            read_entry(fd, key, 0, None, advised=True)
-    finally:
-        os.close(fd)
+    for damaged, error in ((raw, "checksum mismatch"), (raw[:-1], "truncated")):
+        path.write_bytes(bytes(damaged))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(ChecksumError, match=error):
+                read_entry(fd, key, 0, None, advised=True)
+        finally:
+            os.close(fd)
