@@ -96,20 +96,15 @@ def read_entry(fd: int, key: str, offset: int, n: int | None, known: bytes | Non
         m = length - offset if n is None else n
         want = _inside(_span(offset, m, length, SEGMENT), key)[1]  # from segment 0: offset < SEGMENT
         if advised and offset == 0 and m == length:
-            head = os.pread(fd, start, 0)
-            if len(head) == start and HEADER.unpack_from(head) == (MAGIC, length, SEGMENT):
-                data = os.pread(fd, length, start)
-                if len(data) != length:
-                    raise ChecksumError(f"cache entry {key}: truncated")
-                _verify(data, head[HEADER.size :], 0, SEGMENT, key)
-                return head, data
-        raw = os.pread(fd, start + want, 0)
-        if len(raw) >= HEADER.size and HEADER.unpack_from(raw) == (MAGIC, length, SEGMENT):
-            if len(raw) != start + want:
+            head, data = os.pread(fd, start, 0), os.pread(fd, length, start)
+        else:
+            raw = os.pread(fd, start + want, 0)
+            head, data = raw[:start], memoryview(raw)[start:]
+        if len(head) >= HEADER.size and HEADER.unpack_from(head) == (MAGIC, length, SEGMENT):
+            if len(head) != start or len(data) != want:
                 raise ChecksumError(f"cache entry {key}: truncated")
-            data = memoryview(raw)[start:]
-            _verify(data, raw[HEADER.size : start], 0, SEGMENT, key)
-            return raw[:start], data[offset : offset + m].toreadonly()
+            _verify(data, head[HEADER.size :], 0, SEGMENT, key)
+            return head, data if offset == 0 and len(data) == m else data[offset : offset + m].toreadonly()
     table = known if known is not None else os.pread(fd, TABLE_READ, 0)
     length, seg, start = _layout(table, key)
     if len(table) < start:
