@@ -123,6 +123,7 @@ class FaultProxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.faults: list[Fault] = []
         self.counts = Counts()
+        self.log: list[tuple[str, str]] = []  # (op, object key) of every request, in order
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -169,8 +170,14 @@ class FaultProxy:
             self._conns.add(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _pick(self, op: str) -> Fault | None:
+    def keys(self, op: str) -> list[str]:
+        """The object keys of the requests of one kind seen so far, in order."""
         with self._lock:
+            return [key for o, key in self.log if o == op]
+
+    def _pick(self, op: str, path: str) -> Fault | None:
+        with self._lock:
+            self.log.append((op, path))
             self.counts.requests += 1
             self.counts.ops[op] = self.counts.ops.get(op, 0) + 1
             for f in self.faults:
@@ -188,7 +195,7 @@ class FaultProxy:
                 method, target = start.decode("latin-1").split()[:2]
                 path = urlsplit(target).path.strip("/")
                 op = method if "/" in path else ("LIST" if method == "GET" else method)
-                fault = self._pick(op)
+                fault = self._pick(op, path)
                 if fault is not None and fault.kind == "stall":
                     while time.monotonic() < fault.until and not self._closed:
                         time.sleep(0.05)
