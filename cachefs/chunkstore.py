@@ -458,6 +458,29 @@ class ChunkStore:
         views[0] = views[0][start:]
         return b"".join(views)
 
+    def read_cached(self, blocks: list[tuple[int, int, int]]) -> list[Buffer | None]:
+        """Whole small blocks (slice id, slice size, index), a batch of small files', from memory
+        or the disk cache, every entry's read started (cache.advise) before the first is waited
+        for; None for one held in neither, or damaged (dropped and counted), for the caller to
+        fetch. One pass over the batch: an advise and a read per file through the read path
+        cost a DataLoader worker about as much CPU again as the system calls themselves."""
+        out: list[Buffer | None] = [None] * len(blocks)
+        if self.cache is None:
+            return out
+        advised = []
+        for j, (slice_id, slice_size, index) in enumerate(blocks):
+            length = self._length(slice_size, index)
+            key = self.key(slice_id, index, length)
+            data = self.buffer.get(key)
+            if data is not None:
+                self.metrics.buffer_hits.inc()
+                out[j] = data
+            elif self._small(length) and self.cache.advise(key, 0, length):
+                advised.append((j, key))
+        for j, key in advised:
+            out[j] = self._cached(key)
+        return out
+
     def preload(self, slice_id: int, slice_size: int, index: int) -> bool:
         """A small block about to be read, brought into the memory buffer from the disk cache
         (verified; never from the network): the FUSE shell's open of a small file does this on

@@ -499,33 +499,39 @@ class Client:
         return files
 
     def read_many(self, paths: list[str], executor: Executor | None = None) -> list[bytes]:
-        """Whole files, opened together (open_many). Small files not cached here are fetched
-        together by this thread, BATCH_FETCHES at a time (vfs.read_whole_many); with an
-        executor, the executor's threads read the others meanwhile."""
+        """Whole files, opened together (open_many). Small files in memory or the disk cache
+        are read in one pass, all their reads started first (vfs.read_cached_many); small ones
+        not cached here are fetched together by this thread, BATCH_FETCHES at a time
+        (vfs.read_whole_many); with an executor, its threads read the others meanwhile."""
         files = self.open_many(paths)
         try:
-            if executor is None:
-                return [f.readall() for f in files]
-            # the files in the disk cache are read on this thread, all their reads started first
-            # (advise: the kernel has them in flight together). Reading cached files on the
-            # executor's threads instead cost up to twice the CPU per file in DataLoader workers
-            # (measured, 4000 warm files of 110 KB: ~5000 against 2500-5000 items/s with 4
-            # workers, ~4400 against 1700-3600 with 8); so did fetching small ones there, in
-            # GIL and future hand-offs (~90 futex calls per cold 110 KB file)
-            cached = [f.advise() for f in files]
-            cold = [i for i in range(len(files)) if not cached[i]]
-            fetched = self.volume.vfs.read_whole_many([files[i]._fh for i in cold], BATCH_FETCHES) if cold else []
-            here = {i: got for i, got in zip(cold, fetched, strict=True) if got is not None}
-            futures = {i: executor.submit(files[i].readall) for i in cold if i not in here}
+            vfs = self.volume.vfs
+            here: dict[int, Any] = {i: got for i, got in enumerate(vfs.read_cached_many([f._fh for f in files]))
+                                    if got is not None}
+            rest = [i for i in range(len(files)) if i not in here]
+            if executor is None or not rest:
+                here.update((i, files[i].readall()) for i in rest)
+                return [bytes(here[i]) for i in range(len(files))]
+            # the others in the disk cache (larger files) are read on this thread, their reads
+            # started first (advise). Reading cached files on the executor's threads instead cost
+            # up to twice the CPU per file in DataLoader workers (measured, 4000 warm files of
+            # 110 KB: ~5000 against 2500-5000 items/s with 4 workers, ~4400 against 1700-3600
+            # with 8); so did fetching small ones there, in GIL and future hand-offs (~90 futex
+            # calls per cold 110 KB file)
+            cached = {i: files[i].advise() for i in rest}
+            cold = [i for i in rest if not cached[i]]
+            fetched = vfs.read_whole_many([files[i]._fh for i in cold], BATCH_FETCHES) if cold else []
+            got = {i: one for i, one in zip(cold, fetched, strict=True) if one is not None}
+            futures = {i: executor.submit(files[i].readall) for i in cold if i not in got}
             try:
-                for i, got in here.items():
-                    if isinstance(got, BaseException):
-                        raise _oserror(got, files[i].name) if isinstance(got, CachefsError) else got
-                    here[i] = bytes(got)
-                here.update((i, f.readall()) for i, f in enumerate(files) if cached[i])
+                for i, one in got.items():
+                    if isinstance(one, BaseException):
+                        raise _oserror(one, files[i].name) if isinstance(one, CachefsError) else one
+                here.update(got)
+                here.update((i, files[i].readall()) for i in rest if cached[i])
             finally:
                 wait(futures.values())  # every read done before its file is closed, even when one failed
-            return [here[i] if i in here else futures[i].result() for i in range(len(files))]
+            return [bytes(here[i]) if i in here else futures[i].result() for i in range(len(files))]
         finally:
             for f in files:
                 f.close()

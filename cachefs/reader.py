@@ -106,7 +106,17 @@ class Reader:
         fetched together by this thread (ChunkStore.get_blocks); each one's bytes or failure,
         or None for one to read the usual way (larger, fragmented, with buffered writes, or its
         block being fetched by another reader already)."""
-        out: list[Buffer | BaseException | None] = [None] * len(files)
+        return self._whole(files, lambda wanted: self.chunks.get_blocks(wanted, width))
+
+    def read_cached(self, files: list[FileState]) -> list[Buffer | None]:
+        """Whole small files lying in one block of one slice, from memory or the disk cache
+        (ChunkStore.read_cached); None for one to fetch or read the usual way."""
+        return self._whole(files, self.chunks.read_cached)
+
+    def _whole(self, files: list[FileState], get: Callable[[list[tuple[int, int, int]]], list | None]) -> list:
+        """Each file's bytes from `get` of the blocks of those lying in one block of one slice
+        (None from it, or for the others: read the usual way)."""
+        out: list = [None] * len(files)
         wanted, where = [], []
         for j, fs in enumerate(files):
             one = self._one_block(fs)
@@ -114,7 +124,7 @@ class Reader:
                 slice_id, slice_size, index, start, n = one
                 wanted.append((slice_id, slice_size, index))
                 where.append((j, start, n))
-        got = self.chunks.get_blocks(wanted, width) if wanted else None
+        got = get(wanted) if wanted else None
         if got is None:
             return out
         for (j, start, n), block in zip(where, got, strict=True):

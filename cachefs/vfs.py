@@ -12,6 +12,7 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from cachefs.meta import BaseMeta
 from cachefs.meta.types import TYPE_DIR, TYPE_FILE, Attr, Slice, type_from_mode
@@ -375,14 +376,22 @@ class VFS:
     def read_whole_many(self, fhs: list[int], width: int) -> list[Buffer | BaseException | None]:
         """Whole small files of open handles, fetched together (Reader.read_whole_many): each
         one's bytes or failure, or None for one to read() the usual way."""
+        return self._whole(fhs, lambda states: self.reader.read_whole_many(states, width))
+
+    def read_cached_many(self, fhs: list[int]) -> list[Buffer | None]:
+        """Whole small files of open handles from memory or the disk cache, read together
+        (Reader.read_cached): each one's bytes, or None for one to fetch or read() the usual way."""
+        return self._whole(fhs, self.reader.read_cached)
+
+    def _whole(self, fhs: list[int], read: Callable[[list[FileState]], list]) -> list:
         states, where = [], []
         for j, fh in enumerate(fhs):
             h = self._file_handle(fh)
             if h is not None:
                 states.append(h.state)
                 where.append(j)
-        out: list[Buffer | BaseException | None] = [None] * len(fhs)
-        for j, got in zip(where, self.reader.read_whole_many(states, width) if states else [], strict=True):
+        out: list = [None] * len(fhs)
+        for j, got in zip(where, read(states) if states else [], strict=True):
             out[j] = got
         return out
 

@@ -235,6 +235,57 @@ def test_read_many_reads_cached_files_here_and_fetches_the_rest(volumes, tmp_pat
         assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_read_many_answers_cached_small_files_in_one_pass(volumes, tmp_path):
+    """A batch's small files held in the disk cache are read in one pass (vfs.read_cached_many),
+    not one read each through the read path; a larger file still goes that way; a flipped byte
+    in an entry is caught on that pass too (dropped by the keeper, a miss for a forked worker)
+    and the file fetched again: right bytes, always."""
+    url = volumes.create("sqlite", "file")
+    data = {f"/b/f{i}": os.urandom(50_000 + i) for i in range(10)}
+    data["/b/big"] = os.urandom(5 << 20)  # two blocks: the usual read path
+    with Client(url) as w:
+        w.makedirs("/b")
+        for p, d in data.items():
+            w.write_bytes(p, d)
+    small, paths = [p for p in data if p != "/b/big"], list(data)
+    cache = tmp_path / "cache"
+    with Client(url, cache_dir=str(cache), cache_size=1 << 30) as c:
+        for p in paths:
+            assert c.read_bytes(p) == data[p]
+    with Client(url, cache_dir=str(cache), cache_size=1 << 30) as c:  # nothing in memory
+        vfs = c.volume.vfs
+        reads: list[int] = []
+        real_read = vfs.read
+        vfs.read = lambda fh, off, n: reads.append(fh) or real_read(fh, off, n)
+        assert c.read_many(small) == [data[p] for p in small] and reads == []
+        assert c.read_many(paths[::-1]) == [data[p] for p in paths[::-1]] and reads  # the big one only
+        entries = sorted(e for e in cache.rglob("*_*") if e.is_file() and e.stat().st_size < 100_000)
+        assert len(entries) == len(small)
+
+        def flip(entry) -> None:
+            raw = bytearray(entry.read_bytes())
+            raw[-5] ^= 0x01
+            entry.write_bytes(raw)
+
+        flip(entries[0])
+        assert c.read_many(small) == [data[p] for p in small]
+        assert c.volume.metrics.value("cachefs_checksum_errors_total", source="cache") == 1
+        assert not entries[0].exists() or entries[0].read_bytes() != b""  # dropped, then cached again
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                assert isinstance(c.volume.cache, CacheView)
+                flip(entries[1])
+                assert c.read_many(small[::-1]) == [data[p] for p in small[::-1]]
+                assert c.volume.metrics.value("cachefs_cache_errors_total") >= 1  # a miss (the keeper drops it)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_errors_are_the_os_errors_of_the_one_mapping(volumes):
     url = volumes.create("sqlite", "file")
     with Client(url) as c:
