@@ -460,14 +460,14 @@ class ChunkStore:
 
     def read_cached(self, blocks: list[tuple[int, int, int]]) -> list[Buffer | None]:
         """Whole small blocks (slice id, slice size, index), a batch of small files', from memory
-        or the disk cache, every entry's read started (cache.advise) before the first is waited
-        for; None for one held in neither, or damaged (dropped and counted), for the caller to
-        fetch. One pass over the batch: an advise and a read per file through the read path
-        cost a DataLoader worker about as much CPU again as the system calls themselves."""
+        or the disk cache (cache.read_whole: every entry's read started before the first is
+        waited for); None for one held in neither, or damaged (dropped and counted), for the
+        caller to fetch. One pass over the batch: an advise and a read per file through the
+        read path cost a DataLoader worker about as much CPU again as the system calls."""
         out: list[Buffer | None] = [None] * len(blocks)
         if self.cache is None:
             return out
-        advised = []
+        wanted, where = [], []
         for j, (slice_id, slice_size, index) in enumerate(blocks):
             length = self._length(slice_size, index)
             key = self.key(slice_id, index, length)
@@ -475,10 +475,14 @@ class ChunkStore:
             if data is not None:
                 self.metrics.buffer_hits.inc()
                 out[j] = data
-            elif self._small(length) and self.cache.advise(key, 0, length):
-                advised.append((j, key))
-        for j, key in advised:
-            out[j] = self._cached(key)
+            elif self._small(length):
+                wanted.append((key, length))
+                where.append(j)
+        for j, (key, _), data in zip(where, wanted, self.cache.read_whole(wanted) if wanted else [], strict=True):
+            if isinstance(data, ChecksumError):
+                self._cache_damaged(key, data)
+            else:
+                out[j] = data
         return out
 
     def preload(self, slice_id: int, slice_size: int, index: int) -> bool:

@@ -382,6 +382,18 @@ class DiskCache:
         self.metrics.cache_hit_bytes.inc(len(data))
         return data
 
+    def read_whole(self, blocks: list[tuple[str, int]]) -> list[Buffer | ChecksumError | None]:
+        """Whole blocks' bytes (key, length), every entry advised before the first is read; None
+        for a miss, the ChecksumError of a damaged one in its place."""
+        advised = [self.advise(key, 0, length) for key, length in blocks]
+        out: list[Buffer | ChecksumError | None] = []
+        for (key, _), ok in zip(blocks, advised, strict=True):
+            try:
+                out.append(self.read_range(key, 0, None) if ok else None)
+            except ChecksumError as e:
+                out.append(e)
+        return out
+
     def read_resident(self, key: str, offset: int, n: int) -> bytes | None:
         """read_range from memory only: the entry's file already open, its table known and the
         pages in the page cache (preadv with RWF_NOWAIT); None for anything that might block.
