@@ -253,14 +253,7 @@ class ChunkStore:
             return None
         out: list[Buffer | BaseException | None] = [None] * len(blocks)
         mine = []  # (position, slice id, index, key, length, its in-flight entry)
-        for j, (slice_id, slice_size, index) in enumerate(blocks):
-            length = self._length(slice_size, index)
-            key = self.key(slice_id, index, length)
-            data = self.buffer.get(key)
-            if data is not None:
-                self.metrics.buffer_hits.inc()
-                out[j] = data
-                continue
+        for j, slice_id, index, key, length in self._from_memory(blocks, out):
             entry, owner = self._claim(key)
             if owner:
                 mine.append((j, slice_id, index, key, length, entry))
@@ -458,6 +451,21 @@ class ChunkStore:
         views[0] = views[0][start:]
         return b"".join(views)
 
+    def _from_memory(self, blocks: list[tuple[int, int, int]], out: list) -> list[tuple[int, int, int, str, int]]:
+        """Blocks (slice id, slice size, index) of a batch found in the memory buffer, answered in
+        their places in `out`; the others' (position, slice id, index, key, length)."""
+        rest = []
+        for j, (slice_id, slice_size, index) in enumerate(blocks):
+            length = self._length(slice_size, index)
+            key = self.key(slice_id, index, length)
+            data = self.buffer.get(key)
+            if data is not None:
+                self.metrics.buffer_hits.inc()
+                out[j] = data
+            else:
+                rest.append((j, slice_id, index, key, length))
+        return rest
+
     def read_cached(self, blocks: list[tuple[int, int, int]]) -> list[Buffer | None]:
         """Whole small blocks (slice id, slice size, index), a batch of small files', from memory
         or the disk cache (cache.read_whole: every entry's read started before the first is
@@ -468,14 +476,8 @@ class ChunkStore:
         if self.cache is None:
             return out
         wanted, where = [], []
-        for j, (slice_id, slice_size, index) in enumerate(blocks):
-            length = self._length(slice_size, index)
-            key = self.key(slice_id, index, length)
-            data = self.buffer.get(key)
-            if data is not None:
-                self.metrics.buffer_hits.inc()
-                out[j] = data
-            elif self._small(length):
+        for j, _slice_id, _index, key, length in self._from_memory(blocks, out):
+            if self._small(length):
                 wanted.append((key, length))
                 where.append(j)
         for j, (key, _), data in zip(where, wanted, self.cache.read_whole(wanted) if wanted else [], strict=True):
