@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 
 from cachefs.group.auth import HEADER, sign
 from cachefs.group.ring import Member, Ring
@@ -102,6 +103,14 @@ def _drop_caches() -> None:
         f.write("3")
 
 
+def _block_keys(url: str) -> list[str]:
+    """The volume's block keys in its object store."""
+    meta = open_meta(url)
+    settings = meta.load()
+    meta.close_engine()
+    return [k for k, _ in open_store(settings, Metrics()).list(f"{settings.name}/chunks/")]
+
+
 def _group_size(mp: str) -> int:
     for line in open(os.path.join(mp, ".stats")):
         if line.startswith("cachefs_group_members "):
@@ -136,14 +145,21 @@ def test_three_members_read_a_dataset_cold_with_one_get_per_block(volumes, mount
 
 
 def test_pooled_capacity_second_epoch_barely_touches_the_object_store(volumes, mounts, proxied_s3):
-    """Three caches of 128 MiB hold a 240 MiB dataset none could hold alone. (Not 100 MiB: the
-    ring gives each member Binomial(60, 1/3) of the 60 blocks, and one over its 25 then
-    evicted often enough to fail this test now and then.)"""
+    """Three caches of 128 MiB hold a 240 MiB dataset none could hold alone. The members'
+    addresses are picked so that the ring gives none of them more than 26 of the 60 blocks: on
+    random ports each gets Binomial(60, 1/3) of them, and one over what its cache holds evicted
+    often enough to fail this test now and then."""
     url = s3_volume(volumes, proxied_s3)
     writer = mounts.mount(url, *FAST)
     digests = {f"f{i}": _write(writer, f"f{i}", 40 << 20) for i in range(6)}  # 240 MiB
     mounts.umount(writer)
-    members = [_member(mounts, url, n, "--cache-size", "128") for n in (1, 2, 3)]
+    keys = _block_keys(url)
+    while True:
+        ports = {n: free_port() for n in (1, 2, 3)}
+        ring = Ring([Member(a, a) for a in (f"127.0.0.{n + 1}:{p}" for n, p in ports.items())])
+        if max(Counter(ring.owner(k).id for k in keys).values()) <= 26:
+            break
+    members = [_member(mounts, url, n, "--cache-size", "128", port=ports[n]) for n in (1, 2, 3)]
     for mp in members:
         wait_for(lambda mp=mp: _group_size(mp) == 3, 20)
     epochs = []
@@ -275,10 +291,7 @@ def test_a_joining_member_takes_only_its_share(volumes, mounts, proxied_s3):
     assert reads == [digest] * 3
     fetched = [k for k in proxied_s3.keys("GET")[before:] if "/chunks/" in k]  # not the mount's connection check
     fallbacks = sum(_metric(mp, "cachefs_peer_fallbacks_total") for mp in members)
-    meta = open_meta(url)
-    settings = meta.load()
-    meta.close_engine()
-    keys = [k for k, _ in open_store(settings, Metrics()).list(f"{settings.name}/chunks/")]
+    keys = _block_keys(url)
     ring = Ring([Member(a, a) for a in addresses])
     share = sorted(k for k in keys if ring.owner(k).id == addresses[2])  # the ring's answer, not a guess at it
     assert len(keys) == 32 and 0 < len(share) < 32
