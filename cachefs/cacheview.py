@@ -214,10 +214,10 @@ class CacheView:
         return data
 
     def read_whole(self, blocks: list[tuple[str, int]]) -> list[Buffer | None]:
-        """Whole blocks' bytes (key, length) from their entries, verified, every read started before the first
-        is waited for; None for a miss or a damaged entry. One loop for a batch: advise() and
-        read_range() per block cost a DataLoader worker a lock, a dictionary and three counter
-        updates each."""
+        """Whole blocks' bytes (key, length) from their entries, verified, every read started
+        before the first is waited for; None for a miss or a damaged entry. One loop for a
+        batch: advise() and read_range() per block cost a DataLoader worker a lock, a dictionary
+        and three counter updates each."""
         fds: list[int | None] = []
         out: list[Buffer | None] = []
         hits = nbytes = errors = 0

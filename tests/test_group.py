@@ -77,9 +77,14 @@ def test_signatures_refuse_wrong_old_and_replayed_requests():
 
 
 # ---- mounts --------------------------------------------------------------------------------------
+def _address(n: int, port: int) -> str:
+    """Member n's block service address: its own loopback address, as its own host."""
+    return f"127.0.0.{n + 1}:{port}"
+
+
 def _member(mounts, url: str, n: int, *flags: str, port: int | None = None) -> str:
-    return mounts.mount(url, *FAST, "--cache-group", "job", "--group-listen",
-                        f"127.0.0.{n + 1}:{port or free_port()}", *flags)
+    return mounts.mount(url, *FAST, "--cache-group", "job", "--group-listen", _address(n, port or free_port()),
+                        *flags)
 
 
 def _write(mp: str, name: str, size: int) -> bytes:
@@ -156,7 +161,7 @@ def test_pooled_capacity_second_epoch_barely_touches_the_object_store(volumes, m
     keys = _block_keys(url)
     while True:
         ports = {n: free_port() for n in (1, 2, 3)}
-        ring = Ring([Member(a, a) for a in (f"127.0.0.{n + 1}:{p}" for n, p in ports.items())])
+        ring = Ring([Member(a, a) for a in (_address(n, p) for n, p in ports.items())])
         if max(Counter(ring.owner(k).id for k in keys).values()) <= 26:
             break
     members = [_member(mounts, url, n, "--cache-size", "128", port=ports[n]) for n in (1, 2, 3)]
@@ -277,7 +282,7 @@ def test_a_joining_member_takes_only_its_share(volumes, mounts, proxied_s3):
     digest = _write(writer, "data", 128 << 20)  # 32 blocks
     mounts.umount(writer)
     ports = {n: free_port() for n in (1, 2, 3)}
-    addresses = [f"127.0.0.{n + 1}:{port}" for n, port in ports.items()]
+    addresses = [_address(n, port) for n, port in ports.items()]
     members = [_member(mounts, url, n, port=ports[n]) for n in (1, 2)]
     for mp in members:
         wait_for(lambda mp=mp: _group_size(mp) == 2, 20)
