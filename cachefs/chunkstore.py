@@ -509,6 +509,17 @@ class ChunkStore:
         self._keep(key, data)
         return True
 
+    def buffered(self, slice_id: int, slice_size: int, index: int) -> bool | None:
+        """What preload would answer, from memory alone: True (in the memory buffer), False (it
+        would look in the disk cache), None (it would do nothing)."""
+        length = self._length(slice_size, index)
+        if self.cache is None or not self._small(length):
+            return None
+        key = self.key(slice_id, index, length)
+        if self.buffer.get(key) is not None:
+            return True
+        return None if self._fetching(key) else False
+
     def _keep(self, key: str, data: Buffer) -> None:
         self.buffer.put(key, data)
         self.metrics.buffer_bytes.set(self._uploading + self.buffer.used)

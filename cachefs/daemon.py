@@ -207,6 +207,7 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
     import trio
 
     from .fuse import Operations, fuse_options, serve
+    from .loopredis import LoopOpen
     from .volume import Volume
 
     o = req.options
@@ -232,7 +233,8 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
                    "read_only": o.read_only, "writeback": o.writeback})
         ops = Operations(vol.vfs, vol.metrics, o.threads, o.attr_cache, o.entry_cache, o.dir_entry_cache,
                          on_init=lambda: _set_kernel_readahead(req.mountpoint,
-                                                               max(128, vol.settings.block_size >> 10)))
+                                                               max(128, vol.settings.block_size >> 10)),
+                         loop_open=LoopOpen.of(vol.meta))
         opts = fuse_options(f"cachefs:{vol.settings.name}", o.read_only, req.fuse_options)
         try:
             pyfuse3.init(ops, req.mountpoint, opts)
@@ -252,7 +254,7 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
         try:
             trio.run(serve, ops)
         finally:
-            ops.hop.close()
+            ops.close()
             pyfuse3.close(unmount=True)
         log.info("unmounted %s", req.mountpoint)
         return 0

@@ -18,9 +18,10 @@ import trio
 from cachefs.meta.records import RENAME_EXCHANGE
 from cachefs.meta.types import TYPE_DIR, Attr
 
-from .errors import errno_of
+from .errors import CachefsError, errno_of
 from .internal import is_internal
 from .kernelcache import DirectoryPlaces, KernelAttrs
+from .loopredis import LoopOpen
 from .metrics import Metrics
 from .threadhop import ThreadHop
 from .vfs import VFS, Ctx
@@ -33,9 +34,10 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, vfs: VFS, metrics: Metrics, threads: int = 32, attr_timeout: float = 1.0,
                  entry_timeout: float = 1.0, dir_entry_timeout: float = 1.0,
-                 on_init: Callable[[], None] | None = None) -> None:
+                 on_init: Callable[[], None] | None = None, loop_open: LoopOpen | None = None) -> None:
         """on_init: work that must wait until the kernel has finished its INIT handshake (run
-        once, at the first request)."""
+        once, at the first request). loop_open: the open's metadata read sent from the event
+        loop (cachefs/loopredis.py), where the engine allows it."""
         super().__init__()
         self.vfs = vfs
         self.hop = ThreadHop(threads)
@@ -46,6 +48,8 @@ class Operations(pyfuse3.Operations):
         self.read_bytes = metrics.fuse_bytes.labels("read")
         self.write_bytes = metrics.fuse_bytes.labels("write")
         self.fast = metrics.fuse_in_memory
+        self.loop_open = loop_open
+        self.loop_opens = {r: metrics.fuse_loop_redis.labels("open", r) for r in ("answered", "fallback")}
         self._internal_fhs: set[int] = set()
         self._on_init = on_init
         self.dirs = DirectoryPlaces()
@@ -67,6 +71,11 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(err) from None
         finally:
             self.latency.labels(op).observe(time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.hop.close()
+        if self.loop_open is not None:
+            self.loop_open.close()
 
     def _entry(self, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -183,16 +192,50 @@ class Operations(pyfuse3.Operations):
         return self._entry(inode, attr)
 
     async def open(self, inode, flags, ctx):
-        fh = await self._run("open", self._open, inode, flags, self._ctx(ctx))
+        fh = await self._open_in_loop(inode, flags)
+        if fh is None:
+            fh = await self._run("open", self._open, inode, flags, self._ctx(ctx))
         if is_internal(inode):
             self._internal_fhs.add(fh)  # their bytes are not file data: kept out of the metrics
         return pyfuse3.FileInfo(fh=fh, direct_io=is_internal(inode), keep_cache=self.vfs.keep_cache(fh))
 
+    async def _open_in_loop(self, inode: int, flags: int) -> int | None:
+        """A read-only open done without a worker thread: from --open-cache's memory, or with
+        its close-to-open read sent by the loop itself (loop_open). None: the thread path's."""
+        fh = self.vfs.open_in_memory(inode, flags)
+        if fh is not None:
+            self._answered("open")
+        elif self.loop_open is not None and self.vfs.loop_openable(inode, flags):
+            start = time.perf_counter()
+            try:
+                fetched = await self.loop_open.fetch(inode)
+                fh = None if fetched is None else self.vfs.open_in_memory(inode, flags, fetched)
+            except CachefsError as e:
+                raise pyfuse3.FUSEError(errno_of(e)) from None
+            except Exception as e:  # the thread path meets it again and reports it as usual
+                log.warning("open of inode %d in the event loop failed: %r", inode, e)
+                fh = None
+            self.loop_opens["fallback" if fh is None else "answered"].inc()
+            if fh is None:
+                return None
+            self.latency.labels("open").observe(time.perf_counter() - start)
+        else:
+            return None
+        attr = self.vfs.cached_getattr(inode)
+        if attr is not None and not self.attrs.current(inode, attr.mtime, attr.length) \
+                or self.vfs.preloaded(fh) is False:
+            await self._run("open", self._after_open, inode, fh)  # what needs a thread after all
+        return fh
+
     def _open(self, inode: int, flags: int, ctx: Ctx) -> int:
-        """An open, the kernel's attributes dropped if another node changed the file since it
-        got them (KernelAttrs), and a small file's bytes brought into memory in the same hop
-        (VFS.preload): the read that follows every such open is then answered in the event loop."""
         fh = self.vfs.open(inode, flags, ctx)
+        self._after_open(inode, fh)
+        return fh
+
+    def _after_open(self, inode: int, fh: int) -> None:
+        """The kernel's attributes dropped if another node changed the file since it got them
+        (KernelAttrs), and a small file's bytes brought into memory in the open's hop
+        (VFS.preload): the read that follows every such open is then answered in the event loop."""
         try:
             attr = self.vfs.cached_getattr(inode)  # as the open's close-to-open check read them
             if attr is not None:
@@ -201,7 +244,6 @@ class Operations(pyfuse3.Operations):
         except BaseException:
             self.vfs.release(fh)  # the open fails: its handle must not stay counted
             raise
-        return fh
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, ino, attr = await self._run("create", self.vfs.create, parent_inode, name, mode, flags,

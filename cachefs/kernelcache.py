@@ -156,9 +156,13 @@ class KernelAttrs:
             self._told.clear()  # (an inode forgotten is refreshed at its next open: safe)
         self._told[ino] = (mtime, length)
 
+    def current(self, ino: int, mtime: int, length: int) -> bool:
+        """Whether the kernel was last told these attributes (opened() would do nothing)."""
+        return self._told.get(ino) == (mtime, length)
+
     def opened(self, ino: int, mtime: int, length: int) -> None:
         """An open read these attributes: the kernel's copy goes if it may be older."""
-        if self._told.get(ino) == (mtime, length):
+        if self.current(ino, mtime, length):
             return
         self.told(ino, mtime, length)  # what the kernel asks for next comes from the same place
         try:

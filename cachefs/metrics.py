@@ -50,6 +50,9 @@ class Metrics:
                                       buckets=_LAT, registry=r)
         self.fuse_in_memory = Counter("cachefs_fuse_in_memory", "FUSE requests answered from memory in the "
                                       "event loop (no thread, no round trip)", ["op"], registry=r)
+        self.fuse_loop_redis = Counter("cachefs_fuse_loop_redis", "FUSE requests whose metadata read the event "
+                                       "loop sent to Redis itself (no thread), or handed to a thread after "
+                                       "that failed", ["op", "result"], registry=r)
         self.fuse_bytes = Counter("cachefs_fuse_bytes", "Bytes read and written through FUSE", ["op"],
                                   registry=r)
         # (the exported name predates the split of "pending" into its meanings; dashboards use it)

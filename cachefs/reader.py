@@ -142,6 +142,11 @@ class Reader:
         one = self._one_block(fs)
         return one is not None and self.chunks.preload(one[0], one[1], one[2])
 
+    def preloaded(self, fs: FileState) -> bool | None:
+        """preload's answer from memory alone (ChunkStore.buffered)."""
+        one = self._one_block(fs)
+        return None if one is None else self.chunks.buffered(one[0], one[1], one[2])
+
     def _one_block(self, fs: FileState) -> tuple[int, int, int, int, int] | None:
         """(slice id, slice size, block index, start in the block, length) of a file whose bytes
         all lie in one block of one slice, as its open resolved them."""

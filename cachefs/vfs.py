@@ -25,7 +25,7 @@ from .handles import ROOT_CTX, Ctx, FileState, Handle, OpenFiles
 from .metacache import SCAN_LIMIT, MetaCache
 from .metrics import Metrics
 from .reader import Reader
-from .slices import resolve
+from .slices import Segment, resolve
 from .writer import Writer
 
 CAPS_XATTR = b"security.capability"
@@ -297,27 +297,13 @@ class VFS:
         accmode = flags & os.O_ACCMODE
         if accmode != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
-        known = self._closed.get(ino) if self.open_cache > 0 and accmode == os.O_RDONLY else None
-        if fetched is None and known is not None and time.monotonic() - known[0] < self.open_cache:
-            attr, segments = known[1], known[2]
-        else:
+        attr, segments = self._known(ino, flags) if fetched is None else (None, {})
+        if attr is None:
             # close-to-open: the engine's attributes now, and the first chunk's slices with
             # them (one round trip), so a small file's first read asks nothing more
-            attr, first = fetched if fetched is not None else self.meta.open_file(ino)
-            segments = {0: resolve(first)} if first is not None else {}
-            self.cache.put_attr(ino, attr)
-        if attr.type == TYPE_DIR:
-            raise FSError(errno.EISDIR)
-        if attr.type != TYPE_FILE:
-            raise FSError(errno.ENXIO)
-        fs = self.files.opened(ino, attr)
-        with fs.lock:
-            if not fs.buffered:
-                # what other clients committed before this open is visible now
-                fs.refresh(attr)
-                fs.segments.update(segments)
-        keep = self._seen.get(ino) == (attr.mtime, attr.length) and not flags & os.O_TRUNC
-        fh = self.files.add_handle(ino, flags, state=fs, keep_cache=keep).fh
+            attr, segments = self._fetched(ino, fetched if fetched is not None else self.meta.open_file(ino))
+        fh = self._add_open(ino, flags, attr, segments, wait=True)
+        assert fh is not None
         if flags & os.O_TRUNC and attr.length:
             try:
                 self.setattr(ino, length=0)
@@ -325,6 +311,61 @@ class VFS:
                 self.release(fh)  # the open failed: it must not keep the file counted as open
                 raise
         return fh
+
+    def open_in_memory(self, ino: int, flags: int,
+                       fetched: tuple[Attr, list[Slice] | None] | None = None) -> int | None:
+        """open() without blocking, for the FUSE shell's event loop: a read-only open of a file
+        whose close-to-open answer is in hand (fetched: read by the loop itself) or known from
+        --open-cache. None when only open() can do it (nothing fetched or known, a write or a
+        truncation, an internal file, a file whose lock a writer of this client holds)."""
+        if not self.loop_openable(ino, flags):
+            return None
+        if fetched is None:
+            attr, segments = self._known(ino, flags)
+            if attr is None:
+                return None
+        else:
+            attr, segments = self._fetched(ino, fetched)
+        return self._add_open(ino, flags, attr, segments, wait=False)
+
+    @staticmethod
+    def loop_openable(ino: int, flags: int) -> bool:
+        """Whether open_in_memory may do this open (a read-only open of a file system inode)."""
+        return not internal.is_internal(ino) and flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_TRUNC
+
+    def _known(self, ino: int, flags: int) -> tuple[Attr | None, dict[int, list[Segment]]]:
+        """What --open-cache lets a read-only open reuse without asking the engine."""
+        known = self._closed.get(ino) if self.open_cache > 0 and flags & os.O_ACCMODE == os.O_RDONLY else None
+        if known is not None and time.monotonic() - known[0] < self.open_cache:
+            return known[1], known[2]
+        return None, {}
+
+    def _fetched(self, ino: int, fetched: tuple[Attr, list[Slice] | None]) -> tuple[Attr, dict[int, list[Segment]]]:
+        attr, first = fetched
+        self.cache.put_attr(ino, attr)
+        return attr, {0: resolve(first)} if first is not None else {}
+
+    def _add_open(self, ino: int, flags: int, attr: Attr, segments: dict[int, list[Segment]],
+                  wait: bool) -> int | None:
+        """The open counted and its handle made; None (nothing counted) when not wait and a
+        writer of this client holds the file's lock."""
+        if attr.type == TYPE_DIR:
+            raise FSError(errno.EISDIR)
+        if attr.type != TYPE_FILE:
+            raise FSError(errno.ENXIO)
+        fs = self.files.opened(ino, attr)
+        if not fs.lock.acquire(blocking=wait):
+            self._closed_in_memory(fs)
+            return None
+        try:
+            if not fs.buffered:
+                # what other clients committed before this open is visible now
+                fs.refresh(attr)
+                fs.segments.update(segments)
+        finally:
+            fs.lock.release()
+        keep = self._seen.get(ino) == (attr.mtime, attr.length) and not flags & os.O_TRUNC
+        return self.files.add_handle(ino, flags, state=fs, keep_cache=keep).fh
 
     def keep_cache(self, fh: int) -> bool:
         """Whether the kernel may keep its cached pages for this open (file unchanged since)."""
@@ -405,6 +446,14 @@ class VFS:
             return False
         return self.reader.preload(h.state)
 
+    def preloaded(self, fh: int) -> bool | None:
+        """Whether preload(fh) found the file's bytes in memory (True), would look for them on
+        disk (False), or has nothing to do (None). Memory only: for the event loop."""
+        h = self._file_handle(fh)
+        if h is None or h.flags & os.O_ACCMODE != os.O_RDONLY:
+            return None
+        return self.reader.preloaded(h.state)
+
     def read_in_memory(self, fh: int, offset: int, size: int) -> Buffer | None:
         """read() answered from memory without blocking (FUSE shell, event loop), or None."""
         h = self._file_handle(fh)
@@ -483,12 +532,16 @@ class VFS:
         if fs.buffered or self.durability.error_of(fs.ino) is not None or self.meta.keeps_alive(fs.ino):
             return False
         self.files.handles.pop(fh, None)
+        self._closed_in_memory(fs)
+        return True
+
+    def _closed_in_memory(self, fs: FileState) -> None:
+        """One open of fs less, counted without blocking."""
         if self.files.closed(fs):
             if self.meta.keeps_alive(fs.ino):  # unlinked meanwhile: reclaiming it takes a transaction
                 threading.Thread(target=self._last_close, args=(fs,), daemon=True).start()
             else:
                 self._last_close(fs)
-        return True
 
     # ---- the rest ----------------------------------------------------------------------------
     def statfs(self) -> tuple[int, int, int, int]:

@@ -15,6 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -110,6 +111,19 @@ def _is_outage(e: redis.RedisError) -> bool:
     if isinstance(e, _OUTAGE_ERRORS):
         return True
     return isinstance(e, redis.ResponseError) and str(e).split(" ", 1)[0] in _OUTAGE_REPLIES
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A plain Redis server: a TCP address or a unix socket, and what to say after connecting."""
+
+    host: str | None
+    port: int
+    path: str | None  # a unix socket (host and port unused)
+    db: int
+    username: str | None
+    password: str | None
+    timeout: float  # seconds a reply may take
 
 
 class RedisMeta(BaseMeta):
@@ -211,10 +225,31 @@ class RedisMeta(BaseMeta):
     def open_file(self, ino: int) -> tuple[Attr, list[Slice] | None]:
         # one MGET (the keys share the volume's hash tag, so this holds on a cluster too): a
         # pipeline of two GETs costs twice the client CPU for the same round trip
-        data, chunk = self._call(lambda: self.r.mget(self.k.attr(ino), self.k.chunk(ino, 0)))
+        return self.open_answer(ino, self._call(lambda: self.r.mget(*self.open_command(ino)[1:])))
+
+    def open_command(self, ino: int) -> list[str]:
+        """The one command open_file sends, for a caller that sends it itself (the FUSE shell's
+        event loop, cachefs/loopredis.py); open_answer reads its reply."""
+        return ["MGET", self.k.attr(ino), self.k.chunk(ino, 0)]
+
+    def open_answer(self, ino: int, reply: list) -> tuple[Attr, list[Slice] | None]:
+        data, chunk = reply
         if not data:
             raise FSError(errno.ENOENT)
         return self._opened(ino, data, chunk)
+
+    def endpoint(self) -> Endpoint | None:
+        """Where this engine's one Redis server listens, for a caller with a connection of its
+        own (open_command): None behind Sentinel or on a Cluster (only the engine's clients
+        follow a failover or a slot) and with TLS."""
+        if self.cluster or self._replicated:
+            return None
+        pool = self.r.connection_pool
+        if issubclass(pool.connection_class, redis.SSLConnection):
+            return None
+        kw = pool.connection_kwargs
+        return Endpoint(kw.get("host"), kw.get("port", 6379), kw.get("path"), kw.get("db", 0) or 0,
+                        kw.get("username"), kw.get("password"), kw.get("socket_timeout") or 5.0)
 
     def _opened(self, ino: int, data: bytes, chunk: bytes | None) -> tuple[Attr, list[Slice] | None]:
         """An open's answer from the inode's packed attributes and first chunk's records."""

@@ -93,6 +93,31 @@ def test_stat_of_every_file_is_answered_from_one_listing_and_stays_close_to_open
     assert not os.path.exists(os.path.join(b, "d", "f06"))
 
 
+def test_opens_send_their_close_to_open_read_from_the_event_loop(two):
+    """On a Redis volume a read-only open's metadata read goes out from the mount's event loop
+    (cachefs/loopredis.py), with no worker thread: a file the other mount rewrote (same size,
+    new bytes) is read new at the next open, never from the kernel's old pages, and one it
+    removed fails the open with ENOENT."""
+    _, a, b = two
+    pa, pb = os.path.join(a, "f"), os.path.join(b, "f")
+    answered = 'cachefs_fuse_loop_redis_total{op="open",result="answered"}'
+    fallback = 'cachefs_fuse_loop_redis_total{op="open",result="fallback"}'
+    before = stats(b)
+    for i in range(5):
+        data = os.urandom(5000)
+        with open(pa, "wb") as f:
+            f.write(data)
+        with open(pb, "rb") as f:
+            assert f.read() == data, i
+    after = stats(b)
+    assert after[answered] - before.get(answered, 0) >= 5
+    assert after.get(fallback, 0) == 0
+    os.stat(pb)  # b's kernel holds the name for the entry timeout
+    os.unlink(pa)
+    with pytest.raises(FileNotFoundError):
+        open(pb, "rb")
+
+
 def test_concurrent_creates_from_both_mounts(two):
     _, a, b = two
     os.mkdir(os.path.join(a, "c"))

@@ -443,3 +443,54 @@ def test_a_directory_too_large_is_looked_up_name_by_name(tmp_path, monkeypatch):
         assert v.metrics.listings._value.get() == 0
     finally:
         v.close()
+
+
+def test_open_in_memory_opens_read_only_with_an_answer_in_hand_and_never_waits(vol):
+    """VFS.open_in_memory (the FUSE event loop's open): a read-only open with the engine's
+    answer fetched by the caller is counted and sees that answer; a write, a truncation, an
+    internal file or nothing in hand is left to open(); a file whose lock a writer holds is
+    left to open() too, with nothing counted."""
+    import threading
+
+    from cachefs import internal
+
+    fh, ino = create(vol)
+    vol.vfs.write(fh, 0, b"one")
+    vol.vfs.release(fh)
+    v = vol.vfs
+    assert v.open_in_memory(ino, os.O_RDONLY) is None  # nothing in hand, no --open-cache
+    for flags in (os.O_RDWR, os.O_WRONLY, os.O_RDONLY | os.O_TRUNC):
+        assert not v.loop_openable(ino, flags)
+        assert v.open_in_memory(ino, flags, vol.meta.open_file(ino)) is None
+    assert not v.loop_openable(internal.STATS_INODE, os.O_RDONLY)
+    # the file changed since it was last open: the engine's answer in hand is what the open sees
+    w = v.open(ino, os.O_WRONLY)
+    v.write(w, 0, b"two!")
+    v.release(w)
+    h = v.open_in_memory(ino, os.O_RDONLY, vol.meta.open_file(ino))
+    assert h is not None and v.files.is_open(ino)
+    assert bytes(v.read(h, 0, 10)) == b"two!"
+    v.release(h)
+    assert not v.files.is_open(ino)
+    with pytest.raises(FSError) as e:
+        v.open_in_memory(ROOT_INODE, os.O_RDONLY, vol.meta.open_file(ROOT_INODE))
+    assert e.value.errno == errno.EISDIR
+    # a writer of this client holds the file's lock (a commit on its way): not waited for
+    w = v.open(ino, os.O_WRONLY)
+    fs = v.files.handles[w].state
+    held, done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with fs.lock:
+            held.set()
+            done.wait(10)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    held.wait(10)
+    assert v.open_in_memory(ino, os.O_RDONLY, vol.meta.open_file(ino)) is None
+    assert fs.opens == 1
+    done.set()
+    t.join()
+    v.release(w)
+    assert not v.files.is_open(ino)
