@@ -493,15 +493,11 @@ class ChunkStore:
         its worker thread, so the read after the open is answered in the event loop instead of
         crossing to a thread a second time. False when it is not cached on this disk, too large
         (a partial reader of a large one would pay for all of it), or being fetched already."""
-        length = self._length(slice_size, index)
-        if self.cache is None or not self._small(length):
-            return False
-        key = self.key(slice_id, index, length)
-        if self.buffer.get(key) is not None:
-            return True
-        if self._fetching(key):
-            return False
-        if not self.cache.contains(key):
+        known = self.buffered(slice_id, slice_size, index)
+        if known is not False:
+            return bool(known)
+        key = self.key(slice_id, index, self._length(slice_size, index))
+        if self.cache is None or not self.cache.contains(key):
             return False  # not counted as a miss: the read after the open counts it
         data = self._cached(key)
         if data is None:

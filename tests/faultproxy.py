@@ -33,6 +33,7 @@ class Fault:
     ops: set[str] = field(default_factory=lambda: {"GET", "PUT", "DELETE", "HEAD", "LIST"})
     status: int = 503
     until: float = 0.0  # stall: time.monotonic() until which requests are held
+    per_key: int = 0  # at most this many faults for each object key (0: no bound)
 
 
 @dataclass
@@ -122,6 +123,7 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.counts = Counts()
         self.log: list[tuple[str, str]] = []  # (op, object key) of every request, in order
+        self._per_key: dict[tuple[int, str], int] = {}  # (fault's place in faults, key) -> faults sent
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -136,6 +138,7 @@ class FaultProxy:
     def set(self, *faults: Fault) -> None:
         with self._lock:
             self.faults = list(faults)
+            self._per_key.clear()
 
     def clear(self) -> None:
         self.set()
@@ -175,10 +178,14 @@ class FaultProxy:
     def _pick(self, op: str, path: str) -> Fault | None:
         with self._lock:
             self.log.append((op, path))
-            for f in self.faults:
+            for i, f in enumerate(self.faults):
+                if f.per_key and self._per_key.get((i, path), 0) >= f.per_key:
+                    continue
                 if op in f.ops and (f.kind == "stall" and time.monotonic() < f.until
                                     or f.kind != "stall" and random.random() < f.fraction):
                     self.counts.faults[f.kind] = self.counts.faults.get(f.kind, 0) + 1
+                    if f.per_key:
+                        self._per_key[(i, path)] = self._per_key.get((i, path), 0) + 1
                     return f
         return None
 
