@@ -249,7 +249,7 @@ class CacheView:
             self.metrics.cache_misses.inc(len(blocks) - hits)
         return out
 
-    def read_resident(self, key: str, offset: int, n: int) -> bytes | None:
+    def read_resident(self, key: str, offset: int, n: int, pending: bool = False) -> bytes | None:
         return None  # no descriptors kept: the thread path reads
 
     def put(self, key: str, plain: bytes) -> None:

@@ -27,7 +27,7 @@ from .block import (
     table_size,
     verify_segments,
 )
-from .diskcache import DiskCache, entry_header
+from .diskcache import DiskCache, PendingRead, entry_header
 from .durability import Durability
 from .errors import ChecksumError, ObjectError, ObjectNotFound, ObjectUnavailable
 from .metrics import Metrics
@@ -540,9 +540,11 @@ class ChunkStore:
             ok = self.cache.advise(key, start, min(off + n, i * bs + length) - i * bs - start) and ok
         return ok
 
-    def read_resident(self, slice_id: int, slice_size: int, off: int, n: int) -> Buffer | None:
+    def read_resident(self, slice_id: int, slice_size: int, off: int, n: int,
+                      pending: bool = False) -> Buffer | PendingRead | None:
         """read() from memory only (the memory buffer, or a disk cache entry whose pages are
-        resident), for the FUSE shell's event loop; None when that is not enough."""
+        resident), for the FUSE shell's event loop; None when that is not enough. pending: a
+        cache entry's pages not resident are answered with the read to make (PendingRead)."""
         bs = self.block_size
         first = off // bs
         if (off + n - 1) // bs != first:
@@ -557,7 +559,7 @@ class ChunkStore:
         if self.cache is None:
             return None
         try:
-            return self.cache.read_resident(key, start, n)
+            return self.cache.read_resident(key, start, n, pending)
         except ChecksumError:
             return None  # the thread path drops the entry and fetches again
 

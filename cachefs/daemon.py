@@ -208,6 +208,7 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
 
     from .fuse import Operations, fuse_options, serve
     from .loopredis import LoopOpen
+    from .uring import Ring
     from .volume import Volume
 
     o = req.options
@@ -234,7 +235,7 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
         ops = Operations(vol.vfs, vol.metrics, o.threads, o.attr_cache, o.entry_cache, o.dir_entry_cache,
                          on_init=lambda: _set_kernel_readahead(req.mountpoint,
                                                                max(128, vol.settings.block_size >> 10)),
-                         loop_open=LoopOpen.of(vol.meta))
+                         loop_open=LoopOpen.of(vol.meta), ring=Ring.open())
         opts = fuse_options(f"cachefs:{vol.settings.name}", o.read_only, req.fuse_options)
         try:
             pyfuse3.init(ops, req.mountpoint, opts)

@@ -148,6 +148,32 @@ def _verify(data: bytes, sums: bytes, first_seg: int, seg: int, key: str) -> Non
             raise ChecksumError(f"cache entry {key}: checksum mismatch")
 
 
+class PendingRead:
+    """A cache entry read that must wait for the disk (DiskCache.read_resident with pending):
+    read `size` bytes of `fd` at `pos`, then finish() them (verified: ChecksumError), or drop()
+    it; either way exactly once, since it holds the entry's descriptor open until then."""
+
+    def __init__(self, cache: DiskCache, key: str, fd: int, pos: int, size: int, table: bytes, first: int,
+                 offset: int, n: int) -> None:
+        self.fd, self.pos, self.size = fd, pos, size
+        self._cache, self._key, self._table, self._first, self._offset, self._n = cache, key, table, first, offset, n
+        self._open = True
+
+    def finish(self, buf: Buffer) -> bytes:
+        """The asked bytes, from the `size` bytes read at `pos`."""
+        try:
+            if len(buf) != self.size:
+                raise ChecksumError(f"cache entry {self._key}: short read")
+            return self._cache._checked(self._key, buf, self._table, self._first, self._offset, self._n)
+        finally:
+            self.drop()
+
+    def drop(self) -> None:
+        if self._open:
+            self._open = False
+            self._cache._done(self._key)
+
+
 class CacheBusy(Exception):
     """Another process of this node keeps this cache directory (see cacheview.py)."""
 
@@ -394,15 +420,18 @@ class DiskCache:
                 out.append(e)
         return out
 
-    def read_resident(self, key: str, offset: int, n: int) -> bytes | None:
+    def read_resident(self, key: str, offset: int, n: int, pending: bool = False) -> bytes | PendingRead | None:
         """read_range from memory only: the entry's file already open, its table known and the
         pages in the page cache (preadv with RWF_NOWAIT); None for anything that might block.
-        Still verified (ChecksumError)."""
+        Still verified (ChecksumError). pending: pages not resident are answered with the read
+        to make instead (a PendingRead, which keeps the descriptor open until it is finished or
+        dropped), for a caller that can wait for it without a thread (cachefs/uring.py)."""
         with self._lock:
             held, table = self._fds.get(key), self._tables.get(key)
             if held is None or table is None or held[2] or key not in self._entries:
                 return None
             held[1] += 1
+        keep = False
         try:
             length, seg, start = _layout(table, key)
             span = _span(offset, n, length, seg)
@@ -412,17 +441,28 @@ class DiskCache:
             buf = bytearray(want)
             try:
                 got = os.preadv(held[0], [buf], start + first * seg, os.RWF_NOWAIT)
-            except (BlockingIOError, OSError):
-                return None  # not resident (EAGAIN), or anything else: the thread path will tell
+            except BlockingIOError:
+                if not pending:
+                    return None  # not resident: the thread path will read it
+                keep = True
+                return PendingRead(self, key, held[0], start + first * seg, want, table, first, offset, n)
+            except OSError:
+                return None  # anything else: the thread path will tell
             if got != want:
                 return None
         finally:
-            self._done(key)
+            if not keep:
+                self._done(key)
+        return self._checked(key, buf, table, first, offset, n)
+
+    def _checked(self, key: str, buf: Buffer, table: bytes, first: int, offset: int, n: int) -> bytes:
+        """The asked bytes of segments read from an entry, once they matched their checksums."""
+        length, seg, start = _layout(table, key)
         _verify(buf, table[HEADER.size : start], first, seg, key)
         self.metrics.cache_hits.inc()
         self.metrics.cache_hit_bytes.inc(n)
         skip = offset - first * seg
-        return bytes(buf[skip : skip + n])
+        return bytes(memoryview(buf)[skip : skip + n])
 
     def put_later(self, key: str, plain: bytes) -> None:
         """Keep a block, written by a thread of the cache's own: for blocks just written, whose

@@ -18,12 +18,14 @@ import trio
 from cachefs.meta.records import RENAME_EXCHANGE
 from cachefs.meta.types import TYPE_DIR, Attr
 
-from .errors import CachefsError, errno_of
+from .diskcache import PendingRead
+from .errors import CachefsError, ChecksumError, errno_of
 from .internal import is_internal
 from .kernelcache import DirectoryPlaces, KernelAttrs
 from .loopredis import LoopOpen
 from .metrics import Metrics
 from .threadhop import ThreadHop
+from .uring import Ring
 from .vfs import VFS, Ctx
 
 log = logging.getLogger("cachefs.fuse")
@@ -34,10 +36,12 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, vfs: VFS, metrics: Metrics, threads: int = 32, attr_timeout: float = 1.0,
                  entry_timeout: float = 1.0, dir_entry_timeout: float = 1.0,
-                 on_init: Callable[[], None] | None = None, loop_open: LoopOpen | None = None) -> None:
+                 on_init: Callable[[], None] | None = None, loop_open: LoopOpen | None = None,
+                 ring: Ring | None = None) -> None:
         """on_init: work that must wait until the kernel has finished its INIT handshake (run
         once, at the first request). loop_open: the open's metadata read sent from the event
-        loop (cachefs/loopredis.py), where the engine allows it."""
+        loop (cachefs/loopredis.py), where the engine allows it. ring: disk-cache reads the loop
+        waits for without a thread (cachefs/uring.py), where the kernel allows it."""
         super().__init__()
         self.vfs = vfs
         self.hop = ThreadHop(threads)
@@ -50,6 +54,8 @@ class Operations(pyfuse3.Operations):
         self.fast = metrics.fuse_in_memory
         self.loop_open = loop_open
         self.loop_opens = {r: metrics.fuse_loop_redis.labels("open", r) for r in ("answered", "fallback")}
+        self.ring = ring
+        self.loop_disk = {r: metrics.fuse_loop_disk.labels(r) for r in ("answered", "fallback")}
         self._internal_fhs: set[int] = set()
         self._on_init = on_init
         self.dirs = DirectoryPlaces()
@@ -76,6 +82,8 @@ class Operations(pyfuse3.Operations):
         self.hop.close()
         if self.loop_open is not None:
             self.loop_open.close()
+        if self.ring is not None:
+            self.ring.close()
 
     def _entry(self, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -251,14 +259,34 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh), self._entry(ino, attr)
 
     async def read(self, fh, off, size):
-        data = self.vfs.read_in_memory(fh, off, size)
-        if data is not None:
+        data = self.vfs.read_in_memory(fh, off, size, pending=self.ring is not None and not self.ring.busy())
+        if isinstance(data, PendingRead):
+            data = await self._read_pending(data)
+        elif data is not None:
             self._answered("read")
+        if data is not None:
             self.read_bytes.inc(len(data))
             return data
         data = await self._run("read", self.vfs.read, fh, off, size)
         if fh not in self._internal_fhs:
             self.read_bytes.inc(len(data))
+        return data
+
+    async def _read_pending(self, p: PendingRead) -> bytes | None:
+        """A disk-cache read the loop waits for on the io_uring; None when the thread path must
+        read it after all (it then meets a damaged entry again, drops it and fetches a good copy)."""
+        assert self.ring is not None
+        start = time.perf_counter()
+        try:
+            data = p.finish(await self.ring.read(p.fd, p.size, p.pos))
+        except (OSError, ChecksumError) as e:
+            log.debug("disk-cache read in the event loop failed: %r", e)
+            self.loop_disk["fallback"].inc()
+            return None
+        finally:
+            p.drop()
+        self.loop_disk["answered"].inc()
+        self.latency.labels("read").observe(time.perf_counter() - start)
         return data
 
     async def write(self, fh, off, buf):
@@ -366,6 +394,8 @@ async def serve(ops: Operations, on_stop: Callable[[], None] | None = None) -> N
                     return
 
         nursery.start_soon(signals)
+        if ops.ring is not None:
+            nursery.start_soon(ops.ring.reap)
         await pyfuse3.main(min_tasks=4, max_tasks=64)
         nursery.cancel_scope.cancel()
     if on_stop is not None:

@@ -53,6 +53,9 @@ class Metrics:
         self.fuse_loop_redis = Counter("cachefs_fuse_loop_redis", "FUSE requests whose metadata read the event "
                                        "loop sent to Redis itself (no thread), or handed to a thread after "
                                        "that failed", ["op", "result"], registry=r)
+        self.fuse_loop_disk = Counter("cachefs_fuse_loop_disk", "FUSE reads of disk-cache pages not in memory "
+                                      "that the event loop waited for on an io_uring (no thread), or handed "
+                                      "to a thread after that failed", ["result"], registry=r)
         self.fuse_bytes = Counter("cachefs_fuse_bytes", "Bytes read and written through FUSE", ["op"],
                                   registry=r)
         # (the exported name predates the split of "pending" into its meanings; dashboards use it)

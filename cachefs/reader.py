@@ -12,6 +12,7 @@ from cachefs.meta.types import CHUNK_SIZE
 from .block import Buffer
 from .chunkstore import ChunkStore
 from .compact import COMPACT_THRESHOLD, CompactionQueue
+from .diskcache import PendingRead
 from .errors import FSError, ObjectNotFound
 from .handles import FileState, Handle
 from .slices import Segment, covering, resolve
@@ -70,10 +71,12 @@ class Reader:
                     raise FSError(errno.EIO, "block missing from the object store") from None
         raise AssertionError("unreachable")
 
-    def read_resident(self, h: Handle, fs: FileState, offset: int, size: int) -> Buffer | None:
+    def read_resident(self, h: Handle, fs: FileState, offset: int, size: int,
+                      pending: bool = False) -> Buffer | PendingRead | None:
         """read() without blocking (the FUSE shell's event loop): the chunk's slices already
         resolved, one slice covering the answer, its bytes in memory or in resident cache pages;
-        None when any of that does not hold (the caller reads on a thread)."""
+        None when any of that does not hold (the caller reads on a thread). pending: bytes in
+        the disk cache but not in the page cache are answered with the read to make."""
         if offset < 0 or size <= 0 or not fs.lock.acquire(blocking=False):
             return None
         try:
@@ -88,7 +91,7 @@ class Reader:
             if len(parts) != 1 or parts[0].pos != cpos or parts[0].len != n:
                 return None
             g = parts[0]
-            data = self.chunks.read_resident(g.id, g.size, g.off, g.len)
+            data = self.chunks.read_resident(g.id, g.size, g.off, g.len, pending)
             if data is None:
                 return None
             end = offset + n

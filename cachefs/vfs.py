@@ -19,6 +19,7 @@ from cachefs.meta.types import TYPE_DIR, TYPE_FILE, Attr, Slice, type_from_mode
 
 from . import internal
 from .block import Buffer
+from .diskcache import PendingRead
 from .durability import Durability
 from .errors import CachefsError, FSError
 from .handles import ROOT_CTX, Ctx, FileState, Handle, OpenFiles
@@ -454,12 +455,13 @@ class VFS:
             return None
         return self.reader.preloaded(h.state)
 
-    def read_in_memory(self, fh: int, offset: int, size: int) -> Buffer | None:
-        """read() answered from memory without blocking (FUSE shell, event loop), or None."""
+    def read_in_memory(self, fh: int, offset: int, size: int, pending: bool = False) -> Buffer | PendingRead | None:
+        """read() answered from memory without blocking (FUSE shell, event loop), or None;
+        pending: or the disk-cache read the caller can wait for without a thread."""
         h = self._file_handle(fh)
         if h is None:
             return None
-        return self.reader.read_resident(h, h.state, offset, size)
+        return self.reader.read_resident(h, h.state, offset, size, pending)
 
     def flush(self, fh: int) -> None:
         h = self._handle(fh)

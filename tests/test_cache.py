@@ -79,6 +79,66 @@ def test_small_file_read_after_a_cold_open_is_answered_in_memory(vol, mounts, tm
     assert s.get('cachefs_fuse_op_seconds_count{op="read"}', 0) == 0
 
 
+def _direct_read(path: str, offset: int, n: int = 4096) -> bytes:
+    """One FUSE READ of exactly these bytes (O_DIRECT: no page cache, no kernel readahead)."""
+    import mmap
+
+    buf = mmap.mmap(-1, n)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        got = os.preadv(fd, [buf], offset)
+        return bytes(buf[:got])
+    finally:
+        os.close(fd)
+        buf.close()
+
+
+def test_a_flipped_byte_read_by_the_event_loops_io_uring_is_caught(vol, mounts, tmp_path):
+    """A cache entry open in the mount whose pages are not in memory is read by the event loop
+    on its io_uring, with no thread: right bytes, and a flipped byte there is still caught (the
+    read then takes the thread path, which drops the entry and fetches a good copy)."""
+    answered = 'cachefs_fuse_loop_disk_total{result="answered"}'
+    fallback = 'cachefs_fuse_loop_disk_total{result="fallback"}'
+    block = 4 << 20
+    cache = str(tmp_path / "c")
+    mp = mounts.mount(vol, "--cache-dir", cache)
+    data = os.urandom(4 * block)
+    path = os.path.join(mp, "f")
+    open(path, "wb").write(data)
+    run_cli("warmup", path)
+    mounts.umount(mp)
+    mp = mounts.mount(vol, "--cache-dir", cache, path=mp)
+    for b in range(4):  # the mount opens each entry and learns its table (on a thread); not at
+        off = b * block + (1 << 20)  # a block's start, which would look sequential and read ahead
+        assert _direct_read(path, off) == data[off : off + 4096]
+    drop_page_cache()
+    for b in range(4):
+        off = b * block + (3 << 20)
+        assert _direct_read(path, off) == data[off : off + 4096]
+    s = stats(mp)
+    if s.get(answered, 0) == 0:
+        pytest.skip("no io_uring here: these reads took a thread")
+    assert s.get(fallback, 0) == 0
+    entry = next(p for p in cache_files(cache) if os.path.getsize(p) > block)  # some block's, header first
+    plain = os.path.getsize(entry) - block  # where its plain bytes start
+    with open(entry, "r+b") as f:  # in place: the mount's descriptor sees it
+        f.seek(plain + (2 << 20))
+        b0 = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b0[0] ^ 0xFF]))
+        f.flush()
+        os.fsync(f.fileno())  # (a dirty page would stay in memory)
+    drop_page_cache()
+    before = stats(mp)
+    for b in range(4):  # the damaged block is one of these
+        off = b * block + (2 << 20)
+        assert _direct_read(path, off) == data[off : off + 4096]
+    s = stats(mp)
+    assert s[fallback] - before.get(fallback, 0) == 1
+    assert s['cachefs_checksum_errors_total{source="cache"}'] == 1
+    assert s.get("cachefs_buffer_hits_total", 0) == 0
+
+
 def test_flipped_byte_in_cache_is_refetched(vol, mounts, tmp_path):
     cache = str(tmp_path / "c")
     mp = mounts.mount(vol, "--cache-dir", cache)

@@ -442,3 +442,49 @@ def test_an_advised_whole_entry_is_read_apart_and_still_verified(tmp_path, size)
                 read_entry(fd, key, 0, None, advised=True)
         finally:
             os.close(fd)
+
+
+def test_a_read_of_pages_not_in_memory_is_handed_out_and_still_verified(tmp_path):
+    """read_resident(pending=True): an open entry whose pages are not resident answers with the
+    read to make (PendingRead); the bytes read there are verified when finished, a flipped byte
+    is a ChecksumError, and the descriptor stays open until the read is finished or dropped,
+    even when the entry is removed meanwhile."""
+    c = DiskCache([str(tmp_path)], "u", 1 << 30)
+    key = "v/chunks/0/0/1_0_300000"
+    data = os.urandom(300_000)
+    c.put(key, data)
+    assert c.read_range(key, 0, 10) == data[:10]  # opened, table known
+    (path,) = files(tmp_path)
+
+    def evict_pages() -> None:
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)  # (dirty pages are not dropped)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+    evict_pages()
+    assert c.read_resident(key, 70_000, 4096) is None  # without pending: the thread path's
+    p = c.read_resident(key, 70_000, 4096, pending=True)
+    assert p is not None and not isinstance(p, bytes)
+    assert p.finish(os.pread(p.fd, p.size, p.pos)) == data[70_000:74_096]
+    p.drop()  # (a second time does nothing)
+    # a flipped byte in the segment read: caught when finished
+    with open(path, "r+b") as f:
+        f.seek(-(300_000 - 70_100), os.SEEK_END)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 1]))
+    evict_pages()
+    p = c.read_resident(key, 70_000, 4096, pending=True)
+    with pytest.raises(ChecksumError):
+        p.finish(os.pread(p.fd, p.size, p.pos))
+    with pytest.raises(ChecksumError):
+        c.read_resident(key, 70_000, 4096, pending=True).finish(b"short")
+    # removed while a read is pending: its descriptor closes once the read is dropped
+    evict_pages()
+    p = c.read_resident(key, 0, 100, pending=True)
+    c.drop(key)
+    os.fstat(p.fd)  # still open
+    p.drop()
+    with pytest.raises(OSError):
+        os.fstat(p.fd)
