@@ -72,7 +72,7 @@ class Ring:
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         arg = ctypes.c_int(self.efd)
         _syscall(_REGISTER, fd, _REGISTER_EVENTFD, ctypes.byref(arg), 1)
-        self._pending: dict[int, tuple[trio.lowlevel.Task, Any]] = {}
+        self._pending: dict[int, tuple[trio.lowlevel.Task | None, bytearray]] = {}  # tag -> waiter, buffer
         self._next = 1
         self.closed = False
 
@@ -115,11 +115,14 @@ class Ring:
         _U32.pack_into(self.sq, self._sq_array + slot * 4, slot)
         _U32.pack_into(self.sq, self._sq_tail, (tail + 1) & 0xFFFFFFFF)
         self._pending[tag] = (trio.lowlevel.current_task(), buf)
+        waiting = (tail + 1 - _U32.unpack_from(self.sq, self._sq_head)[0]) & 0xFFFFFFFF
         try:
-            _syscall(_ENTER, self.fd, 1, 0, 0, None, 0)
+            _syscall(_ENTER, self.fd, waiting, 0, 0, None, 0)  # (with any an earlier enter left)
         except OSError:
-            del self._pending[tag]
-            raise  # (the entry stays in the ring unsubmitted only if the kernel refused it all)
+            # the entry stays in the ring and a later enter submits it: its buffer stays
+            # referenced until its completion arrives, with no one waiting for it
+            self._pending[tag] = (None, buf)
+            raise
         res = await trio.lowlevel.wait_task_rescheduled(_no_abort)
         if res < 0:
             raise OSError(-res, os.strerror(-res))
@@ -143,7 +146,7 @@ class Ring:
             tag, res, _flags = _CQE.unpack_from(self.cq, self._cqes + (head & self.cmask) * _CQE.size)
             head = (head + 1) & 0xFFFFFFFF
             waiter = self._pending.pop(tag, None)
-            if waiter is not None:
+            if waiter is not None and waiter[0] is not None:
                 trio.lowlevel.reschedule(waiter[0], outcome.Value(res))
         _U32.pack_into(self.cq, self._cq_head, head)
 
