@@ -153,10 +153,9 @@ class PendingRead:
     read `size` bytes of `fd` at `pos`, then finish() them (verified: ChecksumError), or drop()
     it; either way exactly once, since it holds the entry's descriptor open until then."""
 
-    def __init__(self, cache: DiskCache, key: str, fd: int, pos: int, size: int, table: bytes, first: int,
-                 offset: int, n: int) -> None:
+    def __init__(self, cache: DiskCache, key: str, fd: int, pos: int, size: int, check: tuple) -> None:
         self.fd, self.pos, self.size = fd, pos, size
-        self._cache, self._key, self._table, self._first, self._offset, self._n = cache, key, table, first, offset, n
+        self._cache, self._key, self._check = cache, key, check  # check: _checked's arguments after buf
         self._open = True
 
     def finish(self, buf: Buffer) -> bytes:
@@ -164,7 +163,7 @@ class PendingRead:
         try:
             if len(buf) != self.size:
                 raise ChecksumError(f"cache entry {self._key}: short read")
-            return self._cache._checked(self._key, buf, self._table, self._first, self._offset, self._n)
+            return self._cache._checked(self._key, buf, *self._check)
         finally:
             self.drop()
 
@@ -445,7 +444,8 @@ class DiskCache:
                 if not pending:
                     return None  # not resident: the thread path will read it
                 keep = True
-                return PendingRead(self, key, held[0], start + first * seg, want, table, first, offset, n)
+                return PendingRead(self, key, held[0], start + first * seg, want,
+                                   (table[HEADER.size : start], first, seg, offset, n))
             except OSError:
                 return None  # anything else: the thread path will tell
             if got != want:
@@ -453,12 +453,11 @@ class DiskCache:
         finally:
             if not keep:
                 self._done(key)
-        return self._checked(key, buf, table, first, offset, n)
+        return self._checked(key, buf, table[HEADER.size : start], first, seg, offset, n)
 
-    def _checked(self, key: str, buf: Buffer, table: bytes, first: int, offset: int, n: int) -> bytes:
+    def _checked(self, key: str, buf: Buffer, sums: bytes, first: int, seg: int, offset: int, n: int) -> bytes:
         """The asked bytes of segments read from an entry, once they matched their checksums."""
-        length, seg, start = _layout(table, key)
-        _verify(buf, table[HEADER.size : start], first, seg, key)
+        _verify(buf, sums, first, seg, key)
         self.metrics.cache_hits.inc()
         self.metrics.cache_hit_bytes.inc(n)
         skip = offset - first * seg

@@ -52,8 +52,7 @@ class Operations(pyfuse3.Operations):
         self.read_bytes = metrics.fuse_bytes.labels("read")
         self.write_bytes = metrics.fuse_bytes.labels("write")
         self.fast = metrics.fuse_in_memory
-        self._fast: dict[str, Any] = {}  # op -> its child of fast / latency
-        self._latency: dict[str, Any] = {}
+        self._children: dict[tuple[Any, str], Any] = {}  # (metric, op) -> its labelled child
         self.loop_open = loop_open
         self.loop_opens = {r: metrics.fuse_loop_redis.labels("open", r) for r in ("answered", "fallback")}
         self.ring = ring
@@ -81,10 +80,15 @@ class Operations(pyfuse3.Operations):
             self._took(op, start)
 
     def _took(self, op: str, start: float) -> None:
-        child = self._latency.get(op)
+        self._child(self.latency, op).observe(time.perf_counter() - start)
+
+    def _child(self, metric: Any, op: str) -> Any:
+        """metric.labels(op), looked up once: labels() costs several times the update, and the
+        shell updates a metric on every request."""
+        child = self._children.get((metric, op))
         if child is None:
-            child = self._latency[op] = self.latency.labels(op)
-        child.observe(time.perf_counter() - start)
+            child = self._children[(metric, op)] = metric.labels(op)
+        return child
 
     def close(self) -> None:
         self.hop.close()
@@ -118,12 +122,8 @@ class Operations(pyfuse3.Operations):
         return Ctx(ctx.uid, ctx.gid, ctx.pid)
 
     def _answered(self, op: str) -> None:
-        """A request answered from memory, in the event loop (the label's child looked up once:
-        labels() costs several times the increment, on every request)."""
-        child = self._fast.get(op)
-        if child is None:
-            child = self._fast[op] = self.fast.labels(op)
-        child.inc()
+        """A request answered from memory, in the event loop."""
+        self._child(self.fast, op).inc()
 
     async def lookup(self, parent_inode, name, ctx):
         hit = self.vfs.cached_lookup(parent_inode, name)

@@ -182,8 +182,6 @@ class LoopOpen:
     async def fetch(self, ino: int) -> tuple[Attr, list[Slice] | None] | None:
         """The engine's answer for an open of ino, None when the loop path cannot give it; an
         FSError (ENOENT) when the inode is gone."""
-        if not self.redis.up():
-            return None
         try:
             reply = await self.redis.call(self.meta.open_command(ino))
         except Unavailable:

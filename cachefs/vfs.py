@@ -442,18 +442,19 @@ class VFS:
         (Reader.preload): the FUSE shell does this in the open's thread hop, so the read that
         follows is answered from memory in the event loop (read_in_memory), one hop per small
         file fewer. True when its bytes are in memory now."""
-        h = self._file_handle(fh)
-        if h is None or h.flags & os.O_ACCMODE != os.O_RDONLY:
-            return False
-        return self.reader.preload(h.state)
+        h = self._reading(fh)
+        return h is not None and self.reader.preload(h.state)
 
     def preloaded(self, fh: int) -> bool | None:
         """Whether preload(fh) found the file's bytes in memory (True), would look for them on
         disk (False), or has nothing to do (None). Memory only: for the event loop."""
+        h = self._reading(fh)
+        return None if h is None else self.reader.preloaded(h.state)
+
+    def _reading(self, fh: int) -> Handle | None:
+        """fh's handle when it is a file's, open read-only (what preload works on)."""
         h = self._file_handle(fh)
-        if h is None or h.flags & os.O_ACCMODE != os.O_RDONLY:
-            return None
-        return self.reader.preloaded(h.state)
+        return h if h is not None and h.flags & os.O_ACCMODE == os.O_RDONLY else None
 
     def read_in_memory(self, fh: int, offset: int, size: int, pending: bool = False) -> Buffer | PendingRead | None:
         """read() answered from memory without blocking (FUSE shell, event loop), or None;
