@@ -206,6 +206,7 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
     import pyfuse3
     import trio
 
+    from . import fusewait
     from .fuse import Operations, fuse_options, serve
     from .loopredis import LoopOpen
     from .uring import Ring
@@ -237,10 +238,14 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
                                                                max(128, vol.settings.block_size >> 10)),
                          loop_open=LoopOpen.of(vol.meta), ring=Ring.open())
         opts = fuse_options(f"cachefs:{vol.settings.name}", o.read_only, req.fuse_options)
+        before = fusewait.device_fds()
         try:
             pyfuse3.init(ops, req.mountpoint, opts)
         except RuntimeError as e:
             return fail(f"cannot mount at {req.mountpoint}: {e}")
+        wait = fusewait.install(fusewait.device_fds() - before)
+        if wait is not None:
+            vol.metrics.fuse_queued.set_function(lambda: wait.taken)
         if o.metrics:
             try:
                 vol.metrics.serve(o.metrics)
