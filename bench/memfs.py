@@ -1,5 +1,7 @@
 """A do-nothing pyfuse3 file system that keeps everything in memory: the ceiling of any Python
-FUSE file system on this machine, measured beside cachefs by bench/compare.py.
+FUSE file system on this machine, measured beside cachefs by bench/compare.py. It waits for
+requests as cachefs's mount does (cachefs/fusewait.py), so the ceiling is that of the loop
+cachefs runs.
 
     python bench/memfs.py MOUNTPOINT     (foreground; unmount with fusermount3 -u)
 """
@@ -14,6 +16,8 @@ import time
 
 import pyfuse3
 import trio
+
+from cachefs import fusewait
 
 
 class Node:
@@ -151,7 +155,9 @@ class MemFS(pyfuse3.Operations):
 
 def main() -> None:
     mountpoint = sys.argv[1]
+    before = fusewait.device_fds()
     pyfuse3.init(MemFS(), mountpoint, {"fsname=memfs", "allow_other", "default_permissions"})
+    fusewait.install(fusewait.device_fds() - before)  # the request loop cachefs runs
     print("ready", flush=True)
     try:
         trio.run(pyfuse3.main)
