@@ -18,6 +18,7 @@ import pyfuse3
 import trio
 
 from cachefs import fusewait
+from cachefs.options import Options
 
 
 class Node:
@@ -157,7 +158,7 @@ def main() -> None:
     mountpoint = sys.argv[1]
     before = fusewait.device_fds()
     pyfuse3.init(MemFS(), mountpoint, {"fsname=memfs", "allow_other", "default_permissions"})
-    fusewait.install(fusewait.device_fds() - before)  # the request loop cachefs runs
+    fusewait.install(fusewait.device_fds() - before, Options().busy_poll)  # the loop cachefs runs
     print("ready", flush=True)
     try:
         trio.run(pyfuse3.main)

@@ -243,9 +243,10 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
             pyfuse3.init(ops, req.mountpoint, opts)
         except RuntimeError as e:
             return fail(f"cannot mount at {req.mountpoint}: {e}")
-        wait = fusewait.install(fusewait.device_fds() - before)
+        wait = fusewait.install(fusewait.device_fds() - before, o.busy_poll, ops.waiting)
         if wait is not None:
-            vol.metrics.fuse_queued.set_function(lambda: wait.taken)
+            vol.metrics.fuse_at_once.labels("queued").set_function(lambda: wait.taken - wait.polled)
+            vol.metrics.fuse_at_once.labels("polled").set_function(lambda: wait.polled)
         if o.metrics:
             try:
                 vol.metrics.serve(o.metrics)

@@ -79,6 +79,13 @@ class Operations(pyfuse3.Operations):
         finally:
             self._took(op, start)
 
+    def waiting(self) -> bool:
+        """Whether a request is waiting for something other than the FUSE device (a thread, the
+        io_uring, Redis): its answer needs the event loop, which must not busy-poll for the next
+        request meanwhile (fusewait.py)."""
+        return bool(self.hop.running or (self.ring is not None and self.ring.inflight())
+                    or (self.loop_open is not None and self.loop_open.inflight()))
+
     def _took(self, op: str, start: float) -> None:
         self._child(self.latency, op).observe(time.perf_counter() - start)
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import select
+import time
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -28,26 +30,37 @@ import trio
 log = logging.getLogger(__name__)
 
 STREAK = 16
+MISSES = 4
 
 
 class FuseWait:
     """The replacement for pyfuse3._wait_fuse_readable: True when a request can be read without
-    blocking, False when the loop must end (the device closed by pyfuse3.terminate)."""
+    blocking, False when the loop must end (the device closed by pyfuse3.terminate).
 
-    def __init__(self, fd: int) -> None:
+    busy_poll_us: before parking, keep polling this long for the next request. A parked loop is
+    woken by the kernel, and on the machines we measured that wake-up cost more than the
+    request (an in-memory file system answered 18k 4k reads/s from one reader parked, 43k
+    polling). The polling is adaptive: after MISSES polls in a row that found nothing it stops,
+    and it starts again when a request arrives within that time of the loop parking."""
+
+    def __init__(self, fd: int, busy_poll_us: int = 0, waiting: Callable[[], bool] = lambda: False) -> None:
         self.fd = fd
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
         self._lock = trio.Lock()
         self._parked = 0  # tasks inside wait_readable, or woken from it and not yet run
         self._streak = 0
+        self._spin_ns = busy_poll_us * 1000
+        self._misses = 0 if busy_poll_us else MISSES
+        self._waiting = waiting
         self._closed = False
-        self.taken = 0  # requests taken without parking (tests, metrics)
+        self.taken = 0  # requests taken without parking (metrics, tests)
+        self.polled = 0  # of which found by busy polling
 
     async def __call__(self) -> bool:
         if self._closed:
             return False
-        if not self._parked and self._streak < STREAK and self._poll.poll(0):
+        if not self._parked and self._streak < STREAK and (self._poll.poll(0) or self._busy_poll()):
             self._streak += 1
             self.taken += 1
             return True
@@ -56,6 +69,7 @@ class FuseWait:
             if self._closed:
                 return False
             self._parked += 1
+            since = time.perf_counter_ns()
             try:
                 await trio.lowlevel.wait_readable(self.fd)
             except (trio.ClosedResourceError, OSError):
@@ -63,7 +77,22 @@ class FuseWait:
                 return False
             finally:
                 self._parked -= 1
+            if self._spin_ns and time.perf_counter_ns() - since < self._spin_ns:
+                self._misses = 0  # polling would have caught this one
         return True
+
+    def _busy_poll(self) -> bool:
+        if self._misses >= MISSES or self._waiting():
+            return False
+        end = time.perf_counter_ns() + self._spin_ns
+        poll = self._poll.poll
+        while time.perf_counter_ns() < end:
+            if poll(0):
+                self._misses = 0
+                self.polled += 1
+                return True
+        self._misses += 1
+        return False
 
 
 def device_fds() -> set[int]:
@@ -79,7 +108,7 @@ def device_fds() -> set[int]:
     return found
 
 
-def install(new_fds: set[int]) -> FuseWait | None:
+def install(new_fds: set[int], busy_poll_us: int = 0, waiting: Callable[[], bool] = lambda: False) -> FuseWait | None:
     """Put FuseWait in pyfuse3's loop, after pyfuse3.init opened the one descriptor in new_fds;
     None (pyfuse3's own wait kept) when this pyfuse3 has no _wait_fuse_readable or the device
     is not known for sure."""
@@ -91,6 +120,6 @@ def install(new_fds: set[int]) -> FuseWait | None:
         log.info("FUSE device descriptor not found: pyfuse3's own request wait is kept")
         return None
     (fd,) = new_fds
-    wait = FuseWait(fd)
+    wait = FuseWait(fd, busy_poll_us, waiting)
     pyfuse3._wait_fuse_readable = wait
     return wait

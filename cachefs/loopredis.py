@@ -110,6 +110,10 @@ class LoopRedis:
     def up(self) -> bool:
         return time.monotonic() >= self._paused_until
 
+    def inflight(self) -> int:
+        """Commands sent (or connecting) and not yet answered."""
+        return self._open - len(self._idle)
+
     async def _connect(self) -> _Conn:
         ep = self.ep
         if ep.path:
@@ -189,6 +193,9 @@ class LoopOpen:
         if not isinstance(reply, list) or len(reply) != 2:
             return None
         return self.meta.open_answer(ino, reply)
+
+    def inflight(self) -> int:
+        return self.redis.inflight()
 
     def close(self) -> None:
         self.redis.close()

@@ -56,9 +56,9 @@ class Metrics:
         self.fuse_loop_disk = Counter("cachefs_fuse_loop_disk", "FUSE reads of disk-cache pages not in memory "
                                       "that the event loop waited for on an io_uring (no thread), or handed "
                                       "to a thread after that failed", ["result"], registry=r)
-        self.fuse_queued = Gauge("cachefs_fuse_requests_queued_read", "FUSE requests read at once because "
-                                 "they were already queued when the event loop asked for the next (no wait "
-                                 "in the loop's poller); a count since the mount", registry=r)
+        self.fuse_at_once = Gauge("cachefs_fuse_requests_read_at_once", "FUSE requests the event loop read "
+                                  "without sleeping on its poller: already queued, or found by busy polling; "
+                                  "a count since the mount", ["how"], registry=r)
         self.fuse_bytes = Counter("cachefs_fuse_bytes", "Bytes read and written through FUSE", ["op"],
                                   registry=r)
         # (the exported name predates the split of "pending" into its meanings; dashboards use it)

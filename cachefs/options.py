@@ -58,6 +58,10 @@ class Options:
     max_uploads: int = option(16, "parallel block uploads", minimum=1)
     max_downloads: int = option(16, "parallel block downloads", minimum=1)
     threads: int = option(32, "worker threads serving FUSE requests", minimum=1)
+    busy_poll: int = option(50, "microseconds the FUSE loop keeps polling for the next request before "
+                            "it sleeps, while requests follow each other that closely (a sleeping "
+                            "loop's wake-up costs more than a request; 0: never)", minimum=0,
+                            metavar="MICROSECONDS")
     attr_cache: float = option(1.0, "kernel attribute cache", unit="s", minimum=0)
     entry_cache: float = option(1.0, "kernel file entry cache", unit="s", minimum=0)
     dir_entry_cache: float = option(1.0, "kernel directory entry cache", unit="s", minimum=0)

@@ -33,6 +33,7 @@ class ThreadHop:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self.running = 0  # calls made and not yet answered (the event loop's own count)
 
     def start(self) -> None:
         """Start the threads (else the first call does): a process that forks (--background)
@@ -65,7 +66,11 @@ class ThreadHop:
         if not self._threads:
             self._start()
         self._jobs.put((fn, trio.lowlevel.current_trio_token(), trio.lowlevel.current_task()))
-        return await trio.lowlevel.wait_task_rescheduled(_no_abort)
+        self.running += 1
+        try:
+            return await trio.lowlevel.wait_task_rescheduled(_no_abort)
+        finally:
+            self.running -= 1
 
     def close(self) -> None:
         with self._lock:

@@ -97,6 +97,10 @@ class Ring:
             log.info("io_uring unavailable (%s): disk-cache reads that miss the page cache take a thread", e)
             return None
 
+    def inflight(self) -> int:
+        """Reads submitted and not yet completed."""
+        return len(self._pending)
+
     def busy(self) -> bool:
         """Every submission slot taken: the caller takes a thread instead."""
         return len(self._pending) >= self.entries

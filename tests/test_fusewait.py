@@ -9,13 +9,14 @@ import hashlib
 import mmap
 import os
 import threading
+import time
 
 import pyfuse3
 import pytest
 import trio
 
 from cachefs import fusewait
-from cachefs.fusewait import STREAK, FuseWait
+from cachefs.fusewait import MISSES, STREAK, FuseWait
 
 from .test_cache import stats
 
@@ -115,6 +116,62 @@ def test_a_closed_device_ends_every_waiter(pipe):
     assert results == [False, False, False]
 
 
+def test_busy_polling_finds_a_request_that_comes_soon(pipe):
+    r, w = pipe
+    wait = FuseWait(r, busy_poll_us=2_000_000)
+
+    async def main() -> None:
+        threading.Timer(0.05, os.write, (w, b"x")).start()
+        assert await wait() is True  # found while polling: no park, no yield
+        assert (wait.taken, wait.polled) == (1, 1)
+
+    trio.run(main)
+
+
+def test_busy_polling_stops_after_misses_and_comes_back(pipe):
+    r, w = pipe
+    wait = FuseWait(r, busy_poll_us=100_000)
+
+    async def timed_miss() -> float:
+        start = time.monotonic()
+        with trio.move_on_after(0.01):
+            await wait()
+        return time.monotonic() - start
+
+    async def main() -> None:
+        for _ in range(MISSES):
+            assert await timed_miss() >= 0.1  # polled the whole 100 ms, then parked
+        assert await timed_miss() < 0.09  # polling has stopped: parks at once
+        # a request arriving soon after a park turns polling back on
+        threading.Timer(0.02, os.write, (w, b"x")).start()
+        assert await wait() is True
+        os.read(r, 1)
+        threading.Timer(0.05, os.write, (w, b"x")).start()
+        assert await wait() is True
+        assert wait.polled == 1
+
+    trio.run(main)
+
+
+def test_no_busy_polling_while_a_request_waits_for_something_else(pipe):
+    r, _ = pipe
+    busy = [True]
+    wait = FuseWait(r, busy_poll_us=200_000, waiting=lambda: busy[0])
+
+    async def main() -> None:
+        start = time.monotonic()
+        with trio.move_on_after(0.01):
+            await wait()
+        assert time.monotonic() - start < 0.15  # a thread's answer may be what is awaited
+        busy[0] = False
+        start = time.monotonic()
+        with trio.move_on_after(0.01):
+            await wait()
+        assert time.monotonic() - start >= 0.2
+
+    trio.run(main)
+
+
 def test_install_needs_exactly_one_new_device(monkeypatch):
     monkeypatch.setattr(pyfuse3, "_wait_fuse_readable", pyfuse3._wait_fuse_readable)
     before = pyfuse3._wait_fuse_readable
@@ -155,4 +212,4 @@ def test_parallel_direct_readers_of_a_mount(volumes, mounts):
     assert not bad
     with open(path, "rb") as f:
         assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
-    assert stats(mp)["cachefs_fuse_requests_queued_read"] > 0
+    assert stats(mp)['cachefs_fuse_requests_read_at_once{how="queued"}'] > 0
