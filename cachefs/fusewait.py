@@ -12,6 +12,9 @@ reads as soon as it runs, and must find the request it was woken for. A task tak
 STREAK requests in a row without yielding, so the loop's other tasks (thread results, the
 io_uring, timers) wait for at most that many requests.
 
+When nothing is queued, the loop may first poll for the next request for a few tens of
+microseconds (FuseWait's busy_poll_us, the mount's --busy-poll) rather than sleep at once.
+
 pyfuse3 (3.x) looks _wait_fuse_readable up in its module at every call, which is what lets this
 replace it; install() checks it is there and leaves pyfuse3 alone when it is not.
 """
@@ -41,7 +44,9 @@ class FuseWait:
     woken by the kernel, and on the machines we measured that wake-up cost more than the
     request (an in-memory file system answered 18k 4k reads/s from one reader parked, 43k
     polling). The polling is adaptive: after MISSES polls in a row that found nothing it stops,
-    and it starts again when a request arrives within that time of the loop parking."""
+    and it starts again when a request arrives within that time of the loop parking. It never
+    polls while waiting() says a request waits for something else (a thread, the io_uring,
+    Redis): only the loop can deliver that answer, and the next request may depend on it."""
 
     def __init__(self, fd: int, busy_poll_us: int = 0, waiting: Callable[[], bool] = lambda: False) -> None:
         self.fd = fd
