@@ -156,9 +156,8 @@ class MemFS(pyfuse3.Operations):
 
 def main() -> None:
     mountpoint = sys.argv[1]
-    before = fusewait.device_fds()
-    pyfuse3.init(MemFS(), mountpoint, {"fsname=memfs", "allow_other", "default_permissions"})
-    fusewait.install(fusewait.device_fds() - before, Options().busy_poll)  # the loop cachefs runs
+    # pyfuse3.init, waiting for requests in the loop cachefs runs
+    fusewait.init(MemFS(), mountpoint, {"fsname=memfs", "allow_other", "default_permissions"}, Options().busy_poll)
     print("ready", flush=True)
     try:
         trio.run(pyfuse3.main)

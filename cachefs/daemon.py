@@ -238,12 +238,10 @@ def _serve(req: MountRequest, notify: Callable[[str], None] | None) -> int:
                                                                max(128, vol.settings.block_size >> 10)),
                          loop_open=LoopOpen.of(vol.meta), ring=Ring.open())
         opts = fuse_options(f"cachefs:{vol.settings.name}", o.read_only, req.fuse_options)
-        before = fusewait.device_fds()
         try:
-            pyfuse3.init(ops, req.mountpoint, opts)
+            wait = fusewait.init(ops, req.mountpoint, opts, o.busy_poll, ops.waiting)
         except RuntimeError as e:
             return fail(f"cannot mount at {req.mountpoint}: {e}")
-        wait = fusewait.install(fusewait.device_fds() - before, o.busy_poll, ops.waiting)
         if wait is not None:
             vol.metrics.fuse_at_once.labels("queued").set_function(lambda: wait.taken - wait.polled)
             vol.metrics.fuse_at_once.labels("polled").set_function(lambda: wait.polled)

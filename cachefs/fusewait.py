@@ -113,6 +113,15 @@ def device_fds() -> set[int]:
     return found
 
 
+def init(ops: pyfuse3.Operations, mountpoint: str, options: set[str], busy_poll_us: int = 0,
+         waiting: Callable[[], bool] = lambda: False) -> FuseWait | None:
+    """pyfuse3.init (its RuntimeError included), then FuseWait installed on the device
+    descriptor that init opened; None when pyfuse3's own wait is kept (install)."""
+    before = device_fds()
+    pyfuse3.init(ops, mountpoint, options)
+    return install(device_fds() - before, busy_poll_us, waiting)
+
+
 def install(new_fds: set[int], busy_poll_us: int = 0, waiting: Callable[[], bool] = lambda: False) -> FuseWait | None:
     """Put FuseWait in pyfuse3's loop, after pyfuse3.init opened the one descriptor in new_fds;
     None (pyfuse3's own wait kept) when this pyfuse3 has no _wait_fuse_readable or the device
